@@ -1,0 +1,102 @@
+/**
+ * The node agent: chooses a capture mode from the kernel's features, runs the probe in the node's
+ * network namespace, and turns records into AgentEvents.
+ */
+import { EventEmitter } from 'node:events';
+import { probeFeatures, planCapture } from '../probe/features.js';
+import { ProbeProcess, ProbeError, type CaptureMode, type ProbeOptions } from '../probe/probe-process.js';
+import type { ProbeRecord, StatsRecord } from '../probe/record-decoder.js';
+import { formatTimestamp, toAgentEvent, toStatsEvent, type AgentEvent, type StatsEvent } from './events.js';
+
+export interface AgentOptions extends Omit<ProbeOptions, 'mode'> {
+  node: string;
+  mode: CaptureMode | 'auto';
+  /** Emit a stats event at least this often (and whenever a loss counter moves). */
+  statsIntervalMs: number;
+}
+
+/** Events: 'event' (AgentEvent), 'warn' (string), 'exit' (code). */
+export class Agent extends EventEmitter {
+  private probe: ProbeProcess | undefined;
+  private lastStats: StatsRecord | undefined;
+  private lastStatsEmit = 0;
+  private lastLostTotal = 0;
+  mode: CaptureMode | undefined;
+
+  constructor(readonly options: AgentOptions) {
+    super();
+  }
+
+  async start(): Promise<void> {
+    let mode = this.options.mode;
+    if (mode === 'auto') {
+      const plan = planCapture(await probeFeatures({ binary: this.options.binary, object: this.options.object }));
+      if (plan.mode === null) throw new ProbeError(`capture cannot run on this kernel: ${plan.reasons.join('; ')} (run 'natlens doctor')`);
+      for (const r of plan.reasons) this.emit('warn', r);
+      mode = plan.mode;
+    }
+    this.mode = mode;
+    const probe = new ProbeProcess({ ...this.options, mode });
+    this.probe = probe;
+    probe.on('record', (rec: ProbeRecord) => this.onRecord(rec));
+    probe.on('status', (s) => {
+      if (s.event === 'warn' || s.event === 'error') this.emit('warn', `${s.what ? `${s.what}: ` : ''}${s.msg ?? JSON.stringify(s)}`);
+    });
+    probe.on('exit', (code: number | null) => {
+      this.emitStats(true);
+      this.emit('exit', code);
+    });
+    const ready = await probe.start();
+    this.emit('event', {
+      type: 'ready', node: this.options.node, mode, ts: formatTimestamp(BigInt(Date.now()) * 1_000_000n),
+      interfaces: (ready.ifaces ?? []).map((i) => i.ifname),
+    } satisfies AgentEvent);
+  }
+
+  private onRecord(rec: ProbeRecord): void {
+    if (rec.kind === 'stats') {
+      this.lastStats = rec;
+      this.emitStats(false);
+      return;
+    }
+    const ifname = (i: number): string | null => this.probe?.interfaces.get(i) ?? null;
+    this.emit('event', toAgentEvent(rec, this.options.node, ifname));
+  }
+
+  /** The latest counters as a stats event (null before the probe's first stats record). */
+  stats(): StatsEvent | null {
+    return this.lastStats ? toStatsEvent(this.lastStats, this.options.node, this.probe?.decodeErrors ?? 0) : null;
+  }
+
+  private emitStats(force: boolean): void {
+    const ev = this.stats();
+    if (!ev) return;
+    const now = Date.now();
+    if (force || ev.lost.total !== this.lastLostTotal || now - this.lastStatsEmit >= this.options.statsIntervalMs) {
+      this.lastLostTotal = ev.lost.total;
+      this.lastStatsEmit = now;
+      this.emit('event', ev);
+    }
+  }
+
+  pause(): void {
+    this.probe?.pause();
+  }
+
+  resume(): void {
+    this.probe?.resume();
+  }
+
+  get probePid(): number | undefined {
+    return this.probe?.pid;
+  }
+
+  /** Detaches (the probe removes its filters on SIGTERM) and waits for the probe to exit. */
+  async stop(): Promise<void> {
+    await this.probe?.stop();
+  }
+
+  wait(): Promise<number | null> {
+    return this.probe?.wait() ?? Promise.resolve(null);
+  }
+}

@@ -1,0 +1,115 @@
+/**
+ * The agent's event stream: one JSON object per line (`natlens agent --stdout`). Other tools parse
+ * this, so fields are only ever added, never renamed. Built from probe records in one place.
+ */
+import { IPS_DST_NAT, IPS_SRC_NAT, type CounterName, type FlowRecord, type Proto, type StatsRecord, type Tuple } from '../probe/record-decoder.js';
+
+export interface ReadyEvent {
+  type: 'ready';
+  node: string;
+  mode: string;
+  interfaces: string[];
+  ts: string;
+}
+
+export interface ConnEvent {
+  type: 'conn';
+  node: string;
+  proto: Proto;
+  family: 4 | 6;
+  /** Conntrack original direction: what the client's socket used (pre-NAT). */
+  orig: Tuple;
+  /** Conntrack reply direction: the post-NAT view; reply.dst is the source address the server sees. */
+  reply: Tuple;
+  snat: boolean;
+  dnat: boolean;
+  ts: string;
+  /** TCP initial sequence number: identical on every node an SNAT hop crosses (null for UDP / ctnetlink fallback). */
+  isn: number | null;
+  ifname: string | null;
+  hook: string;
+  ct_status: number;
+}
+
+export interface DropEvent {
+  type: 'drop';
+  node: string;
+  proto: Proto;
+  family: 4 | 6;
+  /** The attempt as it arrived: never forwarded, never answered. */
+  orig: Tuple;
+  attempts: number;
+  isn: number | null;
+  ifname: string | null;
+  ts: string;
+}
+
+export interface EndEvent {
+  type: 'end';
+  node: string;
+  proto: Proto;
+  family: 4 | 6;
+  orig: Tuple;
+  reply: Tuple;
+  snat: boolean;
+  dnat: boolean;
+  packets: { orig: number; reply: number };
+  bytes: { orig: number; reply: number };
+  ts: string;
+}
+
+export interface StatsEvent {
+  type: 'stats';
+  node: string;
+  /** Events lost anywhere before this line, by place (kernel ring buffer, netlink socket, undecodable records). */
+  lost: { ringbuf_full: number; pending_full: number; netlink_lost: number; decode_errors: number; total: number };
+  counters: Record<CounterName, number>;
+  ts: string;
+}
+
+export type AgentEvent = ReadyEvent | ConnEvent | DropEvent | EndEvent | StatsEvent;
+
+/** RFC 3339 with nanoseconds, UTC. */
+export function formatTimestamp(tsNs: bigint): string {
+  const ms = tsNs / 1_000_000n;
+  const iso = new Date(Number(ms)).toISOString(); // 2026-11-23T13:12:10.123Z
+  const frac = (tsNs % 1_000_000_000n).toString().padStart(9, '0');
+  return `${iso.slice(0, 19)}.${frac}Z`;
+}
+
+export function toAgentEvent(rec: FlowRecord, node: string, ifname: (ifindex: number) => string | null): ConnEvent | DropEvent | EndEvent {
+  const ts = formatTimestamp(rec.tsNs);
+  const snat = (rec.ctStatus & IPS_SRC_NAT) !== 0;
+  const dnat = (rec.ctStatus & IPS_DST_NAT) !== 0;
+  const isn = rec.proto === 'tcp' && rec.hook !== 'ctnetlink' ? rec.tcpIsn : null;
+  switch (rec.kind) {
+    case 'conn':
+    case 'ct_new':
+      return {
+        type: 'conn', node, proto: rec.proto, family: rec.family, orig: rec.orig, reply: rec.reply!,
+        snat, dnat, ts, isn, ifname: rec.ifindex ? ifname(rec.ifindex) : null, hook: rec.hook, ct_status: rec.ctStatus,
+      };
+    case 'drop':
+      return {
+        type: 'drop', node, proto: rec.proto, family: rec.family, orig: rec.orig, attempts: rec.packetsOrig,
+        isn, ifname: rec.ifindex ? ifname(rec.ifindex) : null, ts,
+      };
+    case 'end':
+      return {
+        type: 'end', node, proto: rec.proto, family: rec.family, orig: rec.orig, reply: rec.reply!, snat, dnat,
+        packets: { orig: rec.packetsOrig, reply: rec.packetsReply }, bytes: { orig: rec.bytesOrig, reply: rec.bytesReply }, ts,
+      };
+  }
+}
+
+export function toStatsEvent(rec: StatsRecord, node: string, decodeErrors: number): StatsEvent {
+  const c = rec.counters;
+  const lost = {
+    ringbuf_full: c.ringbuf_full,
+    pending_full: c.pending_full,
+    netlink_lost: c.netlink_lost,
+    decode_errors: decodeErrors,
+    total: c.ringbuf_full + c.pending_full + c.netlink_lost + decodeErrors,
+  };
+  return { type: 'stats', node, lost, counters: c, ts: formatTimestamp(rec.tsNs) };
+}

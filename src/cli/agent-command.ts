@@ -1,0 +1,84 @@
+import { Command, Option } from 'commander';
+import { Agent } from '../agent/agent.js';
+import type { AgentEvent } from '../agent/events.js';
+import { AGENT_SETTINGS, resolveConfig } from '../config.js';
+import { UsageError } from '../util/errors.js';
+
+export function registerAgentCommand(program: Command): void {
+  program
+    .command('agent')
+    .summary('capture Service connections on this node and stream them')
+    .description(
+      'Attaches natlens\'s eBPF programs (tc/clsact) to every interface of the node\'s network namespace\n' +
+        'and reports each connection with the tuple the client used (orig, pre-NAT) and the tuple the\n' +
+        'pod saw (reply, post-NAT), dropped attempts, and connection ends.\n\n' +
+        'Output (--stdout): one JSON object per line: {"type":"ready",...} once capture is live, then\n' +
+        '"conn", "drop", "end" and "stats" events. Flags override NATLENS_* environment variables.',
+    )
+    .option('--node <name>', `node name reported with every event (env ${AGENT_SETTINGS.node.env}; default: hostname)`)
+    .option('--netns <path>', 'capture inside this network namespace, e.g. /run/netns/nl-node1 (env NATLENS_NETNS)')
+    .option('--stdout', 'write events to stdout as JSON lines')
+    .addOption(new Option('--mode <mode>', 'capture mode (env NATLENS_CAPTURE_MODE)').choices(['auto', 'tc', 'ctnetlink']))
+    .option('--no-udp', 'capture TCP only')
+    .option('--no-attempts', 'do not track dropped connection attempts')
+    .option('--ifaces <regex>', 'only attach to interfaces whose name matches')
+    .option('--exclude <regex>', 'never attach to interfaces whose name matches')
+    .option('--ring-kb <n>', 'ring buffer size in KiB (default 8192)')
+    .option('--wakeup-kb <n>', 'batched wake-up threshold in KiB (default 64)')
+    .option('--drain <duration>', 'drain the ring buffer at least this often (default 5ms)')
+    .option('--drop-after <duration>', 'an unanswered attempt counts as dropped after this long (default 1s)')
+    .option('--stats-interval <duration>', 'emit a stats event at least this often (default 10s)')
+    .option('--lock-dir <dir>', 'per-namespace agent locks (default /run/natlens)')
+    .addHelpText(
+      'after',
+      '\nExamples:\n' +
+        '  # one agent per lab node (see: natlens lab up)\n' +
+        '  natlens agent --node node2 --netns /run/netns/nl-node2 --stdout\n' +
+        '  # only the NodePort-relevant events\n' +
+        '  natlens agent --node node2 --netns /run/netns/nl-node2 --stdout | jq -c \'select(.snat)\'',
+    )
+    .action(async (opts: Record<string, string | boolean | undefined>) => {
+      if (!opts.stdout) throw new UsageError('agent: choose an output: --stdout (a collector output comes with natlens collector)');
+      const cfg = resolveConfig(AGENT_SETTINGS, {
+        node: opts.node as string | undefined, netns: opts.netns as string | undefined, mode: opts.mode as string | undefined,
+        udp: opts.udp === false ? false : undefined, attempts: opts.attempts === false ? false : undefined,
+        ifaces: opts.ifaces as string | undefined, exclude: opts.exclude as string | undefined,
+        ringKb: opts.ringKb as string | undefined, wakeupKb: opts.wakeupKb as string | undefined,
+        drainMs: opts.drain as string | undefined, dropAfterMs: opts.dropAfter as string | undefined,
+        statsIntervalMs: opts.statsInterval as string | undefined, lockDir: opts.lockDir as string | undefined,
+      }, process.env, { drainMs: '--drain', dropAfterMs: '--drop-after', statsIntervalMs: '--stats-interval' });
+      await runAgentToStdout(new Agent(cfg));
+    });
+}
+
+/** Streams JSON lines to stdout, pausing capture when stdout cannot keep up (loss is then counted by the kernel). */
+export async function runAgentToStdout(agent: Agent): Promise<void> {
+  const out = process.stdout;
+  let paused = false;
+  agent.on('event', (ev: AgentEvent) => {
+    if (!out.write(`${JSON.stringify(ev)}\n`) && !paused) {
+      paused = true;
+      agent.pause();
+      out.once('drain', () => {
+        paused = false;
+        agent.resume();
+      });
+    }
+  });
+  agent.on('warn', (msg: string) => process.stderr.write(`natlens agent: warning: ${msg}\n`));
+  let stopping = false;
+  const stop = (): void => {
+    if (stopping) return;
+    stopping = true;
+    void agent.stop();
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  out.on('error', stop); // EPIPE: the reader went away
+  await agent.start();
+  const code = await agent.wait();
+  process.off('SIGINT', stop);
+  process.off('SIGTERM', stop);
+  if (!stopping && code !== 0) process.exitCode = 1;
+  if (!stopping) process.stderr.write(`natlens agent: natlens-probe exited unexpectedly (code ${code})\n`);
+}

@@ -1,0 +1,128 @@
+/**
+ * Decodes the fixed-size binary records natlens-probe writes to stdout.
+ * Offsets come only from record-layout.generated.ts (generated from the BPF object's BTF).
+ */
+import { NL_EVENT, NL_STATS, NL_RECORD_SIZE, NlCounter, NlHook, NlRecordKind } from './record-layout.generated.js';
+import { formatIPv4, formatIPv6 } from './ip-format.js';
+
+export { NL_RECORD_SIZE };
+
+export interface Tuple {
+  src: string;
+  sport: number;
+  dst: string;
+  dport: number;
+}
+
+export type Proto = 'tcp' | 'udp';
+export type Hook = 'tc_egress' | 'tc_ingress' | 'ctnetlink';
+
+/** Conntrack status bits the records carry (include/uapi/linux/netfilter/nf_conntrack_common.h). */
+export const IPS_SRC_NAT = 0x10;
+export const IPS_DST_NAT = 0x20;
+
+export interface FlowRecord {
+  kind: 'conn' | 'drop' | 'end' | 'ct_new';
+  /** CLOCK_REALTIME nanoseconds. */
+  tsNs: bigint;
+  family: 4 | 6;
+  proto: Proto;
+  hook: Hook;
+  ifindex: number;
+  ctStatus: number;
+  tcpIsn: number;
+  /** Conntrack ORIGINAL direction: the tuple the client used (pre-NAT). */
+  orig: Tuple;
+  /** Conntrack REPLY direction: the post-NAT view; null for drops (never translated). */
+  reply: Tuple | null;
+  packetsOrig: number;
+  bytesOrig: number;
+  packetsReply: number;
+  bytesReply: number;
+}
+
+export type CounterName = Lowercase<Exclude<keyof typeof NlCounter, 'MAX'>>;
+
+export interface StatsRecord {
+  kind: 'stats';
+  tsNs: bigint;
+  counters: Record<CounterName, number>;
+}
+
+export type ProbeRecord = FlowRecord | StatsRecord;
+
+/** A record that cannot be decoded: the stream is out of step or the producer is not ours. */
+export class RecordDecodeError extends Error {}
+
+const KIND_NAMES = new Map<number, FlowRecord['kind']>([
+  [NlRecordKind.CONN, 'conn'],
+  [NlRecordKind.DROP, 'drop'],
+  [NlRecordKind.END, 'end'],
+  [NlRecordKind.CT_NEW, 'ct_new'],
+]);
+const HOOK_NAMES = new Map<number, Hook>([
+  [NlHook.TC_EGRESS, 'tc_egress'],
+  [NlHook.TC_INGRESS, 'tc_ingress'],
+  [NlHook.CTNETLINK, 'ctnetlink'],
+]);
+const COUNTER_NAMES = Object.entries(NlCounter)
+  .filter(([name]) => name !== 'MAX')
+  .map(([name, index]) => [name.toLowerCase() as CounterName, index] as const);
+
+interface TupleOffsets { src: number; dst: number; sport: number; dport: number }
+
+function readTuple(buf: Uint8Array, view: DataView, base: number, family: 4 | 6, f: TupleOffsets): Tuple {
+  const fmt = family === 4 ? formatIPv4 : formatIPv6;
+  return {
+    src: fmt(buf, base + f.src),
+    // Ports are in network order, as on the wire.
+    sport: view.getUint16(base + f.sport, false),
+    dst: fmt(buf, base + f.dst),
+    dport: view.getUint16(base + f.dport, false),
+  };
+}
+
+const TUPLE_OFFSETS: { orig: TupleOffsets; reply: TupleOffsets } = {
+  orig: { src: NL_EVENT.orig_src.offset, dst: NL_EVENT.orig_dst.offset, sport: NL_EVENT.orig_sport.offset, dport: NL_EVENT.orig_dport.offset },
+  reply: { src: NL_EVENT.reply_src.offset, dst: NL_EVENT.reply_dst.offset, sport: NL_EVENT.reply_sport.offset, dport: NL_EVENT.reply_dport.offset },
+};
+
+/** Decodes the record at `base` (NL_RECORD_SIZE bytes must be available). Throws RecordDecodeError on bad kind/family/proto. */
+export function decodeRecord(buf: Uint8Array, base = 0): ProbeRecord {
+  if (buf.length - base < NL_RECORD_SIZE) throw new RecordDecodeError(`record truncated: ${buf.length - base} of ${NL_RECORD_SIZE} bytes`);
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const kindCode = buf[base + NL_EVENT.hdr_kind.offset]!;
+  const tsNs = view.getBigUint64(base + NL_EVENT.hdr_ts_ns.offset, true);
+  if (kindCode === NlRecordKind.STATS) {
+    const counters = {} as Record<CounterName, number>;
+    for (const [name, index] of COUNTER_NAMES) {
+      counters[name] = Number(view.getBigUint64(base + NL_STATS.counter.offset + 8 * index, true));
+    }
+    return { kind: 'stats', tsNs, counters };
+  }
+  const kind = KIND_NAMES.get(kindCode);
+  if (kind === undefined) throw new RecordDecodeError(`unknown record kind ${kindCode}`);
+  const familyCode = buf[base + NL_EVENT.hdr_family.offset];
+  if (familyCode !== 4 && familyCode !== 6) throw new RecordDecodeError(`unknown address family ${familyCode} in ${kind} record`);
+  const protoCode = buf[base + NL_EVENT.hdr_proto.offset];
+  if (protoCode !== 6 && protoCode !== 17) throw new RecordDecodeError(`unknown protocol ${protoCode} in ${kind} record`);
+  const hook = HOOK_NAMES.get(buf[base + NL_EVENT.hdr_hook.offset]!);
+  if (hook === undefined) throw new RecordDecodeError(`unknown hook ${buf[base + NL_EVENT.hdr_hook.offset]} in ${kind} record`);
+  const family = familyCode;
+  return {
+    kind,
+    tsNs,
+    family,
+    proto: protoCode === 6 ? 'tcp' : 'udp',
+    hook,
+    ifindex: view.getUint32(base + NL_EVENT.hdr_ifindex.offset, true),
+    ctStatus: view.getUint32(base + NL_EVENT.hdr_ct_status.offset, true),
+    tcpIsn: view.getUint32(base + NL_EVENT.hdr_tcp_isn.offset, true),
+    orig: readTuple(buf, view, base, family, TUPLE_OFFSETS.orig),
+    reply: kind === 'drop' ? null : readTuple(buf, view, base, family, TUPLE_OFFSETS.reply),
+    packetsOrig: Number(view.getBigUint64(base + NL_EVENT.packets_orig.offset, true)),
+    bytesOrig: Number(view.getBigUint64(base + NL_EVENT.bytes_orig.offset, true)),
+    packetsReply: Number(view.getBigUint64(base + NL_EVENT.packets_reply.offset, true)),
+    bytesReply: Number(view.getBigUint64(base + NL_EVENT.bytes_reply.offset, true)),
+  };
+}

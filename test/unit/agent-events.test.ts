@@ -1,0 +1,53 @@
+import { describe, expect, it } from 'vitest';
+import { formatTimestamp, toAgentEvent, toStatsEvent } from '../../src/agent/events.js';
+import type { FlowRecord, StatsRecord } from '../../src/probe/record-decoder.js';
+
+const base: FlowRecord = {
+  kind: 'conn', tsNs: 1765310179032329216n, family: 4, proto: 'tcp', hook: 'tc_egress', ifindex: 2,
+  ctStatus: 0x1b8, tcpIsn: 42,
+  orig: { src: '198.51.100.79', sport: 51326, dst: '10.240.0.4', dport: 30080 },
+  reply: { src: '10.180.1.136', sport: 8080, dst: '10.240.0.4', dport: 51326 },
+  packetsOrig: 0, bytesOrig: 0, packetsReply: 0, bytesReply: 0,
+};
+const names = (i: number): string | null => (i === 2 ? 'eth0' : null);
+
+describe('agent events', () => {
+  it('formats RFC 3339 timestamps with nanoseconds', () => {
+    expect(formatTimestamp(1765310179032329216n)).toBe('2025-12-09T19:56:19.032329216Z');
+    expect(formatTimestamp(1_000_000_007n)).toBe('1970-01-01T00:00:01.000000007Z');
+  });
+
+  it('turns a CONN record into the documented conn line', () => {
+    expect(toAgentEvent(base, 'node2', names)).toEqual({
+      type: 'conn', node: 'node2', proto: 'tcp', family: 4,
+      orig: base.orig, reply: base.reply, snat: true, dnat: true,
+      ts: '2025-12-09T19:56:19.032329216Z', isn: 42, ifname: 'eth0', hook: 'tc_egress', ct_status: 0x1b8,
+    });
+  });
+
+  it('derives snat/dnat from the conntrack status bits only', () => {
+    expect(toAgentEvent({ ...base, ctStatus: 0x20 }, 'n', names)).toMatchObject({ snat: false, dnat: true });
+    expect(toAgentEvent({ ...base, ctStatus: 0x8 }, 'n', names)).toMatchObject({ snat: false, dnat: false });
+  });
+
+  it('reports no ISN for UDP or conntrack-event fallback records', () => {
+    expect(toAgentEvent({ ...base, proto: 'udp' }, 'n', names)).toMatchObject({ isn: null });
+    expect(toAgentEvent({ ...base, kind: 'ct_new', hook: 'ctnetlink', ifindex: 0 }, 'n', names)).toMatchObject({ type: 'conn', isn: null, ifname: null });
+  });
+
+  it('turns DROP and END records into drop and end lines', () => {
+    expect(toAgentEvent({ ...base, kind: 'drop', hook: 'tc_ingress', reply: null, packetsOrig: 2, ctStatus: 0 }, 'node3', names))
+      .toMatchObject({ type: 'drop', node: 'node3', attempts: 2, orig: base.orig, ifname: 'eth0' });
+    expect(toAgentEvent({ ...base, kind: 'end', packetsOrig: 5, bytesOrig: 300, packetsReply: 4, bytesReply: 900 }, 'n', names))
+      .toMatchObject({ type: 'end', packets: { orig: 5, reply: 4 }, bytes: { orig: 300, reply: 900 } });
+  });
+
+  it('sums every loss counter into stats.lost.total', () => {
+    const counters = {
+      ringbuf_full: 3, ct_miss: 1, pending_full: 2, parse_skip: 0, netlink_lost: 5, records_out: 10,
+      conn_seen: 10, drop_seen: 0, end_seen: 0, attached_ifaces: 3,
+    } as StatsRecord['counters'];
+    const ev = toStatsEvent({ kind: 'stats', tsNs: 0n, counters }, 'n', 4);
+    expect(ev.lost).toEqual({ ringbuf_full: 3, pending_full: 2, netlink_lost: 5, decode_errors: 4, total: 14 });
+  });
+});
