@@ -822,6 +822,11 @@ out:
 		ring_buffer__consume(g.rb);
 	out_flush();
 	detach_all(true);
+	/* Final counters, so a reader always ends with the complete loss figures. */
+	if (!g_stdout_gone) {
+		emit_stats();
+		out_flush();
+	}
 	ring_buffer__free(g.rb);
 	bpf_object__close(g.obj);
 	if (ctnl_fd >= 0)

@@ -58,7 +58,13 @@ export function registerDoctorCommand(program: Command): void {
         let text = 'natlens doctor\n\nbinaries\n' + line(r.binaries.ok, 'natlens-probe', r.binaries.detail);
         text += '\ncapabilities\n' + r.capabilities.map((c) => line(c.ok, c.name, c.ok ? 'effective' : 'missing')).join('');
         if (r.features) {
-          text += '\nkernel\n' + FEATURE_NAMES.map((n) => line(r.features![n].ok, n, r.features![n].detail)).join('');
+          // kprobes and fentry are reported for completeness: natlens does not need them.
+          const informational = new Set(['kprobes', 'fentry']);
+          text += '\nkernel\n' + FEATURE_NAMES.map((n) => {
+            const f = r.features![n];
+            if (informational.has(n) && !f.ok) return `  n/a   ${n.padEnd(18)} ${f.detail} (not needed: natlens uses tc + conntrack)\n`;
+            return line(f.ok, n, f.detail);
+          }).join('');
         }
         text += r.capture.mode === 'tc'
           ? '\ncapture: full (tc/clsact + conntrack kfuncs): pre- and post-NAT tuples, TCP ISN, drops, ends\n'
