@@ -387,20 +387,23 @@ static __always_inline void udp_egress(struct __sk_buff *skb, const struct pkt *
 	conn_report(skb, p, &orig);
 }
 
+/* parse() that counts truncated packets: the only parse failure that may hide a connection. */
+static __always_inline bool parse_counted(struct __sk_buff *skb, struct pkt *p)
+{
+	int r = parse(skb, p);
+
+	if (r == PARSE_TRUNCATED)
+		ctr_inc(NL_CTR_PARSE_SKIP);
+	return r == PARSE_OK;
+}
+
 SEC("tc")
 int nl_egress(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 
-	switch (parse(skb, &p)) {
-	case PARSE_OK:
-		break;
-	case PARSE_TRUNCATED:
-		ctr_inc(NL_CTR_PARSE_SKIP);
+	if (!parse_counted(skb, &p))
 		return TC_ACT_OK;
-	default:
-		return TC_ACT_OK;
-	}
 	if (p.key.proto == IPPROTO_TCP)
 		tcp_egress(skb, &p);
 	else
@@ -474,15 +477,8 @@ int nl_ingress(struct __sk_buff *skb)
 
 	if (!nl_cfg.track_attempts)
 		return TC_ACT_OK;
-	switch (parse(skb, &p)) {
-	case PARSE_OK:
-		break;
-	case PARSE_TRUNCATED:
-		ctr_inc(NL_CTR_PARSE_SKIP);
+	if (!parse_counted(skb, &p))
 		return TC_ACT_OK;
-	default:
-		return TC_ACT_OK;
-	}
 	if (is_syn(&p))
 		pending_track(skb, &p);
 	else if (p.key.proto == IPPROTO_UDP)
