@@ -19,6 +19,7 @@ export interface AgentOptions extends Omit<ProbeOptions, 'mode'> {
 export class Agent extends EventEmitter {
   private probe: ProbeProcess | undefined;
   private lastStats: StatsRecord | undefined;
+  private lastEmittedStats: StatsRecord | undefined;
   private lastStatsEmit = 0;
   private lastLostTotal = 0;
   mode: CaptureMode | undefined;
@@ -72,7 +73,9 @@ export class Agent extends EventEmitter {
     const ev = this.stats();
     if (!ev) return;
     const now = Date.now();
+    if (this.lastStats === this.lastEmittedStats) return; // nothing new since the last stats event
     if (force || ev.lost.total !== this.lastLostTotal || now - this.lastStatsEmit >= this.options.statsIntervalMs) {
+      this.lastEmittedStats = this.lastStats;
       this.lastLostTotal = ev.lost.total;
       this.lastStatsEmit = now;
       this.emit('event', ev);
