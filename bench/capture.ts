@@ -51,7 +51,7 @@ function envNum(name: string, def: number, min: number, max: number): number {
 const PREFIX = process.env['NATLENS_BENCH_PREFIX'] || 'nlbench';
 const ROUNDS = envInt('NATLENS_BENCH_ROUNDS', 3, 1, 10);
 const DURATION_S = envNum('NATLENS_BENCH_DURATION_S', 5, 1, 30);
-const CONCURRENCY = envInt('NATLENS_BENCH_CONCURRENCY', 64, 1, 20000);
+const CONCURRENCY = envInt('NATLENS_BENCH_CONCURRENCY', 32, 1, 20000); // 8..64 all saturate both cores here; 32 was best
 const BACKENDS = envInt('NATLENS_BENCH_BACKENDS', 4, 1, 16);
 const NODEPORTS = envInt('NATLENS_BENCH_NODEPORTS', 1, 1, 8);
 const RECORD = envInt('NATLENS_BENCH_RECORD', 1, 0, 1) === 1;
@@ -228,6 +228,9 @@ interface AgentRun {
   capturedBySport: Map<number, number>;
   lastStats: StatsLine | null;
   statsLines: number;
+  /** stdout reads and bytes (bytes per read shows how the agent batches its writes). */
+  chunks: number;
+  bytes: number;
   stderr: string;
 }
 
@@ -241,7 +244,7 @@ function startAgent(node: LabState['nodes'][number], bench: { clientIp: string; 
     node: node.name, child, pid: child.pid ?? -1, probePid: null,
     ready: Promise.resolve(), exited: Promise.resolve(null),
     conn: 0, end: 0, drop: 0, other: 0, captured: 0, capturedKeys: new Set(), capturedBySport: new Map(),
-    lastStats: null, statsLines: 0, stderr: '',
+    lastStats: null, statsLines: 0, chunks: 0, bytes: 0, stderr: '',
   };
   let onReady: () => void = () => undefined;
   let onFail: (e: Error) => void = () => undefined;
@@ -284,6 +287,8 @@ function startAgent(node: LabState['nodes'][number], bench: { clientIp: string; 
     else if (line.trim()) a.other++;
   };
   child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+    a.chunks++;
+    a.bytes += chunk.length;
     let start = 0;
     let nl = chunk.indexOf('\n');
     if (nl >= 0 && rest) {
@@ -360,7 +365,10 @@ interface Round {
   connSeen?: number;
   ringbufFull?: number;
   benchCpuShare?: number;
-  perAgent?: Array<{ node: string; conn: number; end: number; drop: number; lost: number; ct_miss: number; conn_seen: number; records_out: number; rss_mb: number; cpu_share: number }>;
+  perAgent?: Array<{
+    node: string; conn: number; end: number; drop: number; lost: number; ct_miss: number; conn_seen: number; records_out: number;
+    rss_mb: number; cpu_share: number; cpu_node: number; cpu_probe: number; bytes_per_read: number;
+  }>;
   /** completed connections (by client source port, from --record) without a capture, and captures without a completed connection. */
   completedUncaptured?: number;
   capturedNotCompleted?: number;
@@ -396,7 +404,11 @@ async function roundWith(n: number, state: LabState, targets: string[], nodePort
     }
     await sleep(300); // let the agents settle after attach (their start-up CPU is not counted)
     const ingress = agents.find((a) => a.node === INGRESS_NODE) as AgentRun;
-    const before = agents.map((a) => ({ t: (readTicks(a.pid) ?? 0) + (a.probePid ? (readTicks(a.probePid) ?? 0) : 0) }));
+    const before = agents.map((a) => ({ node: readTicks(a.pid) ?? 0, probe: a.probePid ? (readTicks(a.probePid) ?? 0) : 0 }));
+    for (const a of agents) {
+      a.chunks = 0;
+      a.bytes = 0;
+    }
     const ticks0 = agentTicks(agents);
     const bench0 = process.cpuUsage();
     const t0 = performance.now();
@@ -420,7 +432,10 @@ async function roundWith(n: number, state: LabState, targets: string[], nodePort
     const ticks2 = agentTicks(agents);
     const benchCpu = process.cpuUsage(bench0);
     const t2 = performance.now();
-    const perCpu = agents.map((a, i) => ((readTicks(a.pid) ?? 0) + (a.probePid ? (readTicks(a.probePid) ?? 0) : 0) - (before[i]?.t ?? 0)) / CLK_TCK);
+    const perCpu = agents.map((a, i) => ({
+      node: ((readTicks(a.pid) ?? 0) - (before[i]?.node ?? 0)) / CLK_TCK,
+      probe: ((a.probePid ? (readTicks(a.probePid) ?? 0) : 0) - (before[i]?.probe ?? 0)) / CLK_TCK,
+    }));
     const rss = agents.map((a) => (readHwmKb(a.pid) + (a.probePid ? readHwmKb(a.probePid) : 0)) / 1024);
 
     await stopAgents(agents);
@@ -447,7 +462,10 @@ async function roundWith(n: number, state: LabState, targets: string[], nodePort
         conn_seen: a.lastStats?.counters['conn_seen'] ?? -1,
         records_out: a.lastStats?.counters['records_out'] ?? -1,
         rss_mb: round1(rss[i] ?? 0),
-        cpu_share: round3((perCpu[i] ?? 0) / loadWall),
+        cpu_share: round3(((perCpu[i]?.node ?? 0) + (perCpu[i]?.probe ?? 0)) / loadWall),
+        cpu_node: round3((perCpu[i]?.node ?? 0) / loadWall),
+        cpu_probe: round3((perCpu[i]?.probe ?? 0) / loadWall),
+        bytes_per_read: a.chunks ? Math.round(a.bytes / a.chunks) : 0,
       })),
     };
     for (const a of agents) {
@@ -503,9 +521,12 @@ function printRound(r: Round): void {
     base.push(
       `  agents: cpu ${r.agentCpuShare?.toFixed(3)} of one core (during load only ${r.agentCpuShareDuringLoad?.toFixed(3)}), peak rss ${r.agentRssMb?.toFixed(1)} MB; bench reader cpu ${r.benchCpuShare?.toFixed(3)}`,
     );
-    const rows = [['agent', 'conn', 'end', 'drop', 'lost', 'ct_miss', 'conn_seen', 'records_out', 'cpu', 'rss_mb']];
+    const rows = [['agent', 'conn', 'end', 'drop', 'lost', 'ct_miss', 'conn_seen', 'records_out', 'cpu', '(node', 'probe)', 'rss_mb', 'B/read']];
     for (const a of r.perAgent ?? []) {
-      rows.push([a.node, String(a.conn), String(a.end), String(a.drop), String(a.lost), String(a.ct_miss), String(a.conn_seen), String(a.records_out), a.cpu_share.toFixed(3), a.rss_mb.toFixed(1)]);
+      rows.push([
+        a.node, String(a.conn), String(a.end), String(a.drop), String(a.lost), String(a.ct_miss), String(a.conn_seen), String(a.records_out),
+        a.cpu_share.toFixed(3), a.cpu_node.toFixed(3), a.cpu_probe.toFixed(3), a.rss_mb.toFixed(1), String(a.bytes_per_read),
+      ]);
     }
     base.push(table(rows).replace(/^/gm, '    '));
   }
