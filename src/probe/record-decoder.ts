@@ -87,10 +87,21 @@ const TUPLE_OFFSETS: { orig: TupleOffsets; reply: TupleOffsets } = {
   reply: { src: NL_EVENT.reply_src.offset, dst: NL_EVENT.reply_dst.offset, sport: NL_EVENT.reply_sport.offset, dport: NL_EVENT.reply_dport.offset },
 };
 
+// The framer hands over many records of one buffer in a row: build its DataView once.
+let lastBuf: Uint8Array | undefined;
+let lastView: DataView | undefined;
+function viewOf(buf: Uint8Array): DataView {
+  if (buf !== lastBuf) {
+    lastBuf = buf;
+    lastView = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  }
+  return lastView!;
+}
+
 /** Decodes the record at `base` (NL_RECORD_SIZE bytes must be available). Throws RecordDecodeError on bad kind/family/proto. */
 export function decodeRecord(buf: Uint8Array, base = 0): ProbeRecord {
   if (buf.length - base < NL_RECORD_SIZE) throw new RecordDecodeError(`record truncated: ${buf.length - base} of ${NL_RECORD_SIZE} bytes`);
-  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const view = viewOf(buf);
   const kindCode = buf[base + NL_EVENT.hdr_kind.offset]!;
   const tsNs = view.getBigUint64(base + NL_EVENT.hdr_ts_ns.offset, true);
   if (kindCode === NlRecordKind.STATS) {

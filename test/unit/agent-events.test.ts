@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { formatTimestamp, toAgentEvent, toStatsEvent } from '../../src/agent/events.js';
+import { formatTimestamp, serializeEvent, toAgentEvent, toStatsEvent } from '../../src/agent/events.js';
 import type { FlowRecord, StatsRecord } from '../../src/probe/record-decoder.js';
 
 const base: FlowRecord = {
@@ -49,5 +49,25 @@ describe('agent events', () => {
     } as StatsRecord['counters'];
     const ev = toStatsEvent({ kind: 'stats', tsNs: 0n, counters }, 'n', 4);
     expect(ev.lost).toEqual({ ringbuf_full: 3, pending_full: 2, netlink_lost: 5, decode_errors: 4, total: 14 });
+  });
+});
+
+describe('serializeEvent', () => {
+  it('produces exactly what JSON.stringify does, for every event type', () => {
+    const conn = toAgentEvent(base, 'node"2', names);
+    const connNoIf = toAgentEvent({ ...base, proto: 'udp', ifindex: 9 }, 'n', names);
+    const v6 = toAgentEvent({ ...base, family: 6, orig: { src: '2001:db8::1', sport: 1, dst: 'fd00::2', dport: 2 } }, 'n', names);
+    const end = toAgentEvent({ ...base, kind: 'end', packetsOrig: 5, bytesOrig: 300, packetsReply: 4, bytesReply: 900 }, 'n', names);
+    const drop = toAgentEvent({ ...base, kind: 'drop', reply: null, packetsOrig: 2 }, 'n', names);
+    for (const ev of [conn, connNoIf, v6, end, drop]) {
+      expect(serializeEvent(ev)).toBe(JSON.stringify(ev));
+      expect(JSON.parse(serializeEvent(ev))).toEqual(ev);
+    }
+  });
+
+  it('formats timestamps across second boundaries (the cached date part must follow)', () => {
+    expect(formatTimestamp(1_999_999_999n)).toBe('1970-01-01T00:00:01.999999999Z');
+    expect(formatTimestamp(2_000_000_000n)).toBe('1970-01-01T00:00:02.000000000Z');
+    expect(formatTimestamp(1_000_000_000n)).toBe('1970-01-01T00:00:01.000000000Z');
   });
 });
