@@ -1,35 +1,45 @@
 // The capture benchmark (npm run bench:capture; root): how much does running the natlens agent
-// cost a node that NATs short TCP connections as fast as this machine can, and does it capture
-// every one of them?
+// cost a node that NATs short TCP connections as fast as this machine can, where does that cost
+// come from, and does the agent capture every connection?
 //
 // One run, side by side, on a lab of its own (prefix "nlbench", iptables mode):
 //   - a NodePort Service "bench" (TCP 80 -> 8080, nodePort 30090) with 4 backend pods on node1 and
 //     node3, each running `natlens-load serve`;
 //   - the lab's client namespace runs `natlens-load client` against the NodePort on node2, so every
 //     connection is DNAT'd + SNAT'd on node2 and forwarded to a backend on another node;
-//   - rounds alternate WITHOUT agents and WITH the real `natlens agent` CLI (one per lab node,
-//     started before the round, stopped with SIGTERM once its events have drained);
+//   - four arms, one capture set-up per lab node each, in alternating rounds (serpentine order:
+//     without, kernel, probe, with, then with, probe, kernel, without, ...) so drift hits all alike:
+//       without  no capture;
+//       kernel   `natlens-probe run --obj natlens.bpf.o --netns NODE --no-ct-end`, stdout to /dev/null:
+//                the tc programs + ring buffer drained by the C reader; no Node, no ctnetlink;
+//       probe    `natlens-probe run --obj natlens.bpf.o --netns NODE` (defaults: adds the ctnetlink
+//                DESTROY reader -> END records), stdout to /dev/null; no Node;
+//       with     the real `natlens agent` CLI (Node + its natlens-probe child), stdout read by the bench;
+//     capture processes are started (and ready) before the round and stopped with SIGTERM after it;
 //   - WITH rounds count the node2 "conn" events of the bench traffic (captured), the agents' final
-//     stats (lost, ct_miss, ...), and the agents' CPU (Node process + natlens-probe child) and peak RSS.
+//     stats (lost, ct_miss, ...), and the agents' CPU (Node process + natlens-probe child) and peak RSS;
+//   - every round samples /proc/stat (whole machine) during the load: busy share and CPU per connection.
 //
 // stdout: a table per round, a summary, and as the LAST line one JSON object. Progress: stderr.
 // Exit 0 whenever the figures were measured (even if a target is missed); 1 if they could not be.
 //
-// Knobs (environment, all optional): NATLENS_BENCH_ROUNDS (3 per mode), NATLENS_BENCH_DURATION_S (5),
-// NATLENS_BENCH_CONCURRENCY (see DEFAULTS), NATLENS_BENCH_BACKENDS (4), NATLENS_BENCH_NODEPORTS
-// (how many nodePorts of node2 the client spreads over; 1), NATLENS_BENCH_RECORD (1: natlens-load
-// --record, to match captures to completed connections by source port), NATLENS_BENCH_PREFIX.
+// Knobs (environment, all optional): NATLENS_BENCH_ROUNDS (4 per arm), NATLENS_BENCH_DURATION_S (4),
+// NATLENS_BENCH_ARMS (comma list, a subset of without,kernel,probe,with that keeps without and with;
+// all four), NATLENS_BENCH_CONCURRENCY (see DEFAULTS), NATLENS_BENCH_BACKENDS (4),
+// NATLENS_BENCH_NODEPORTS (how many nodePorts of node2 the client spreads over; 1),
+// NATLENS_BENCH_RECORD (1: natlens-load --record, to match captures to completed connections by
+// source port), NATLENS_BENCH_PREFIX.
 //
 // Network safety: every packet stays inside the lab's namespaces; sysctls are set only there.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir, cpus, release } from 'node:os';
 import { join } from 'node:path';
 import { labAddPods, labAddService, labDown, labUp, readLabState, type LabState } from '../src/lab/lab.js';
 import { sysctl } from '../src/lab/exec.js';
-import { LOAD_BIN, PACKAGE_ROOT } from '../src/util/paths.js';
+import { BPF_OBJECT, LOAD_BIN, PACKAGE_ROOT, PROBE_BIN } from '../src/util/paths.js';
 
 // ---------------------------------------------------------------- settings
 
@@ -49,8 +59,18 @@ function envNum(name: string, def: number, min: number, max: number): number {
 }
 
 const PREFIX = process.env['NATLENS_BENCH_PREFIX'] || 'nlbench';
-const ROUNDS = envInt('NATLENS_BENCH_ROUNDS', 3, 1, 10);
-const DURATION_S = envNum('NATLENS_BENCH_DURATION_S', 5, 1, 30);
+const ROUNDS = envInt('NATLENS_BENCH_ROUNDS', 4, 1, 10);
+const DURATION_S = envNum('NATLENS_BENCH_DURATION_S', 4, 1, 30);
+type Arm = 'without' | 'kernel' | 'probe' | 'with';
+const ALL_ARMS: readonly Arm[] = ['without', 'kernel', 'probe', 'with'];
+const ARMS: Arm[] = (() => {
+  const raw = process.env['NATLENS_BENCH_ARMS'];
+  if (raw === undefined || raw === '') return [...ALL_ARMS];
+  const want = new Set(raw.split(',').map((x) => x.trim()).filter(Boolean));
+  for (const a of want) if (!(ALL_ARMS as readonly string[]).includes(a)) throw new Error(`NATLENS_BENCH_ARMS: unknown arm '${a}' (${ALL_ARMS.join(',')})`);
+  if (!want.has('without') || !want.has('with')) throw new Error('NATLENS_BENCH_ARMS must include without and with');
+  return ALL_ARMS.filter((a) => want.has(a));
+})();
 const CONCURRENCY = envInt('NATLENS_BENCH_CONCURRENCY', 32, 1, 20000); // 8..64 all saturate both cores here; 32 was best
 const BACKENDS = envInt('NATLENS_BENCH_BACKENDS', 4, 1, 16);
 const NODEPORTS = envInt('NATLENS_BENCH_NODEPORTS', 1, 1, 8);
@@ -67,6 +87,8 @@ const DRAIN_POLL_MS = 200;
 const DRAIN_QUIET_POLLS = 3; // captured count unchanged for 3 polls (600 ms) = drained
 const DRAIN_MAX_MS = 15_000;
 const AGENT_STOP_TIMEOUT_MS = 10_000;
+/** kernel/probe arms: CPU is also counted for this long after the load (like the WITH arm's minimal drain). */
+const PROBE_TAIL_MS = DRAIN_POLL_MS * DRAIN_QUIET_POLLS;
 const SETTLE_MS = 1500; // between rounds: conntrack TIME_WAIT (1 s here) and client sockets settle
 const TARGETS = { ratio: 0.95, capturedShare: 1, lost: 0 };
 
@@ -150,6 +172,47 @@ function children(pid: number): number[] {
     /* process gone */
   }
   return [...out];
+}
+
+/** Whole-machine CPU time from the "cpu" line of /proc/stat, in ticks (CLK_TCK). */
+interface SysTicks {
+  busy: number;
+  softirq: number;
+  total: number;
+}
+
+function readSysTicks(): SysTicks | null {
+  try {
+    const line = readFileSync('/proc/stat', 'utf8').split('\n').find((l) => l.startsWith('cpu '));
+    if (!line) return null;
+    // user nice system idle iowait irq softirq steal (guest time is already inside user/nice)
+    const f = line.trim().split(/\s+/).slice(1, 9).map(Number);
+    const total = f.reduce((s, x) => s + x, 0);
+    return { busy: total - (f[3] ?? 0) - (f[4] ?? 0), softirq: f[6] ?? 0, total };
+  } catch {
+    return null;
+  }
+}
+
+interface SysUse {
+  /** busy share of all CPUs during the load (0..1). */
+  busyShare: number;
+  softirqShare: number;
+  /** busy CPU time of the whole machine per completed connection, microseconds. */
+  usPerConn: number;
+  softirqUsPerConn: number;
+}
+
+function sysUse(a: SysTicks | null, b: SysTicks | null, connections: number): SysUse | undefined {
+  if (!a || !b || b.total <= a.total) return undefined;
+  const dt = b.total - a.total;
+  const us = (ticks: number): number => (connections > 0 ? (ticks / CLK_TCK) * 1e6 / connections : 0);
+  return {
+    busyShare: (b.busy - a.busy) / dt,
+    softirqShare: (b.softirq - a.softirq) / dt,
+    usPerConn: us(b.busy - a.busy),
+    softirqUsPerConn: us(b.softirq - a.softirq),
+  };
 }
 
 function comm(pid: number): string {
@@ -343,7 +406,80 @@ async function stopAgents(agents: AgentRun[]): Promise<void> {
       } catch {
         /* gone */
       }
+      // The next arm captures in the same namespace (one probe per netns): wait for it, bounded.
+      for (let i = 0; i < 50 && comm(a.probePid) === 'natlens-probe'; i++) await sleep(100);
     }
+  }
+}
+
+// ---------------------------------------------------------------- bare natlens-probe (kernel / probe arms)
+
+interface ProbeRun {
+  node: string;
+  child: ChildProcess;
+  pid: number;
+  ready: Promise<void>;
+  exited: Promise<number | null>;
+  stderr: string;
+}
+
+/** natlens-probe alone in one node namespace, records to /dev/null (no reader but its own C loop). */
+function startBareProbe(node: LabState['nodes'][number], ctEnd: boolean): ProbeRun {
+  const args = ['run', '--obj', BPF_OBJECT, '--netns', node.netnsPath];
+  if (!ctEnd) args.push('--no-ct-end');
+  const devNull = openSync('/dev/null', 'w');
+  let child: ChildProcess;
+  try {
+    child = track(spawn(PROBE_BIN, args, { stdio: ['ignore', devNull, 'pipe'] }));
+  } finally {
+    closeSync(devNull); // the child has its own copy
+  }
+  const p: ProbeRun = { node: node.name, child, pid: child.pid ?? -1, ready: Promise.resolve(), exited: Promise.resolve(null), stderr: '' };
+  let onReady: () => void = () => undefined;
+  let onFail: (e: Error) => void = () => undefined;
+  p.ready = new Promise<void>((res, rej) => {
+    onReady = res;
+    onFail = rej;
+  });
+  p.exited = new Promise((resolve) => child.once('close', (code) => {
+    onFail(new Error(`natlens-probe on ${node.name} exited (code ${code}) before it was ready: ${p.stderr.trim().slice(0, 500)}`));
+    resolve(code);
+  }));
+  child.once('error', (e) => onFail(new Error(`cannot start natlens-probe on ${node.name}: ${e.message}`)));
+  let rest = '';
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+    if (p.stderr.length < 16384) p.stderr += d;
+    rest += d;
+    let nl = rest.indexOf('\n');
+    while (nl >= 0) {
+      const line = rest.slice(0, nl);
+      rest = rest.slice(nl + 1);
+      if (line.includes('"ready"')) {
+        try {
+          if ((JSON.parse(line) as { event?: string }).event === 'ready') onReady();
+        } catch {
+          /* not JSON */
+        }
+      }
+      nl = rest.indexOf('\n');
+    }
+    if (rest.length > 65536) rest = '';
+  });
+  return p;
+}
+
+async function stopBareProbes(probes: ProbeRun[]): Promise<void> {
+  const running = (p: ProbeRun): boolean => p.child.exitCode === null && p.child.signalCode === null;
+  for (const p of probes) if (running(p)) p.child.kill('SIGTERM');
+  const res = await Promise.race([Promise.all(probes.map((p) => p.exited)).then(() => 'ok' as const), sleep(AGENT_STOP_TIMEOUT_MS).then(() => 'timeout' as const)]);
+  if (res === 'timeout') {
+    for (const p of probes) {
+      if (running(p)) {
+        log(`natlens-probe on ${p.node} did not exit within ${AGENT_STOP_TIMEOUT_MS} ms of SIGTERM: SIGKILL`);
+        p.child.kill('SIGKILL');
+      }
+    }
+    await Promise.race([Promise.all(probes.map((p) => p.exited)), sleep(3000)]);
   }
 }
 
@@ -351,8 +487,16 @@ async function stopAgents(agents: AgentRun[]): Promise<void> {
 
 interface Round {
   n: number;
-  mode: 'without' | 'with';
+  mode: Arm;
   load: LoadResult;
+  /** whole machine, during the load. */
+  sys?: SysUse;
+  // kernel / probe / with: CPU of the capture processes per second of load, share of ONE core, summed
+  // over the 3 nodes; "Load" = during the load only, else load + drain (with) or + PROBE_TAIL_MS.
+  probeCpu?: number;
+  probeCpuLoad?: number;
+  nodeCpu?: number;
+  nodeCpuLoad?: number;
   // WITH only:
   captured?: number;
   capturedDistinct?: number;
@@ -386,8 +530,49 @@ function readRecord(path: string): Map<number, number> {
 }
 
 async function roundWithout(n: number, state: LabState, targets: string[], recordPath: string | null): Promise<Round> {
+  const s0 = readSysTicks();
   const load = await runClient(state, targets, DURATION_S, recordPath);
-  return { n, mode: 'without', load };
+  const s1 = readSysTicks();
+  return { n, mode: 'without', load, sys: sysUse(s0, s1, load.connections) };
+}
+
+/** kernel arm (ctEnd false) or probe arm (ctEnd true): one bare natlens-probe per lab node. */
+async function roundProbe(n: number, arm: 'kernel' | 'probe', state: LabState, targets: string[], recordPath: string | null): Promise<Round> {
+  const probes = state.nodes.map((node) => startBareProbe(node, arm === 'probe'));
+  try {
+    const readyBound = sleep(AGENT_READY_TIMEOUT_MS).then(() => {
+      throw new Error(`natlens-probe not ready within ${AGENT_READY_TIMEOUT_MS / 1000} s`);
+    });
+    await Promise.race([Promise.all(probes.map((p) => p.ready)), readyBound]);
+    await sleep(300); // as for the agents: start-up CPU is not counted
+    const ticks = (): number => probes.reduce((s, p) => s + (readTicks(p.pid) ?? 0), 0);
+    const ticks0 = ticks();
+    const s0 = readSysTicks();
+    const t0 = performance.now();
+    const load = await runClient(state, targets, DURATION_S, recordPath);
+    const t1 = performance.now();
+    const s1 = readSysTicks();
+    const ticks1 = ticks();
+    await sleep(PROBE_TAIL_MS);
+    if (aborting) throw new Error(`aborted (${aborting})`);
+    const ticks2 = ticks();
+    for (const p of probes) {
+      if (p.child.exitCode !== null || p.child.signalCode !== null) throw new Error(`natlens-probe on ${p.node} exited during the round: ${p.stderr.trim().slice(0, 500)}`);
+    }
+    const loadWall = (t1 - t0) / 1000;
+    await stopBareProbes(probes);
+    for (const p of probes) {
+      const errs = p.stderr.split('\n').filter((l) => /"event":"(warn|error)"/.test(l));
+      if (errs.length) log(`natlens-probe ${p.node} (${arm}): ${errs.slice(0, 5).join(' | ')}`);
+    }
+    return {
+      n, mode: arm, load, sys: sysUse(s0, s1, load.connections),
+      probeCpu: (ticks2 - ticks0) / CLK_TCK / loadWall,
+      probeCpuLoad: (ticks1 - ticks0) / CLK_TCK / loadWall,
+    };
+  } finally {
+    await stopBareProbes(probes);
+  }
 }
 
 async function roundWith(n: number, state: LabState, targets: string[], nodePorts: Set<number>, recordPath: string | null): Promise<Round> {
@@ -411,10 +596,13 @@ async function roundWith(n: number, state: LabState, targets: string[], nodePort
     }
     const ticks0 = agentTicks(agents);
     const bench0 = process.cpuUsage();
+    const s0 = readSysTicks();
     const t0 = performance.now();
     const load = await runClient(state, targets, DURATION_S, recordPath);
     const t1 = performance.now();
+    const s1 = readSysTicks();
     const ticks1 = agentTicks(agents);
+    const mid = agents.map((a) => ({ node: readTicks(a.pid) ?? 0, probe: a.probePid ? (readTicks(a.probePid) ?? 0) : 0 }));
 
     // Drain: wait until node2's captured count stops rising (bounded).
     let last = ingress.captured;
@@ -441,8 +629,13 @@ async function roundWith(n: number, state: LabState, targets: string[], nodePort
     await stopAgents(agents);
 
     const loadWall = (t1 - t0) / 1000;
+    const sumOf = (xs: number[]): number => xs.reduce((x, y) => x + y, 0);
     const round: Round = {
-      n, mode: 'with', load,
+      n, mode: 'with', load, sys: sysUse(s0, s1, load.connections),
+      nodeCpu: sumOf(perCpu.map((c) => c.node)) / loadWall,
+      probeCpu: sumOf(perCpu.map((c) => c.probe)) / loadWall,
+      nodeCpuLoad: sumOf(mid.map((m, i) => m.node - (before[i]?.node ?? 0))) / CLK_TCK / loadWall,
+      probeCpuLoad: sumOf(mid.map((m, i) => m.probe - (before[i]?.probe ?? 0))) / CLK_TCK / loadWall,
       captured: ingress.captured,
       capturedDistinct: ingress.capturedKeys.size,
       lost: agents.reduce((s, a) => s + (a.lastStats?.lost.total ?? 0), 0),
@@ -506,10 +699,18 @@ function table(rows: string[][]): string {
 function printRound(r: Round): void {
   const l = r.load;
   const base = [
-    `round ${r.n} ${r.mode.toUpperCase()} agents: ${l.conn_per_s.toFixed(0)} conn/s, ${l.connections} connections in ${l.elapsed_s.toFixed(2)} s` +
+    `round ${r.n} ${r.mode.toUpperCase()}: ${l.conn_per_s.toFixed(0)} conn/s, ${l.connections} connections in ${l.elapsed_s.toFixed(2)} s` +
       ` (attempts ${l.attempts}, failed ${l.failed}, timeouts ${l.timeouts}, abandoned ${l.abandoned}` +
       `${Object.keys(l.errors).length ? `, errors ${JSON.stringify(l.errors)}` : ''}; p99 <= ${l.latency_us?.p99_le ?? '?'} us)`,
   ];
+  if (r.sys) {
+    base.push(
+      `  machine during load: busy ${pct(r.sys.busyShare)} (softirq ${pct(r.sys.softirqShare)}), ${r.sys.usPerConn.toFixed(1)} us CPU per connection (softirq ${r.sys.softirqUsPerConn.toFixed(1)})`,
+    );
+  }
+  if (r.mode === 'kernel' || r.mode === 'probe') {
+    base.push(`  natlens-probe (all nodes): cpu ${r.probeCpu?.toFixed(3)} of one core (during load only ${r.probeCpuLoad?.toFixed(3)})`);
+  }
   if (r.mode === 'with') {
     base.push(
       `  captured on ${INGRESS_NODE}: ${r.captured} (${r.capturedDistinct} distinct sport+isn) = ${pct((r.captured ?? 0) / l.connections)} of completed, ${pct((r.captured ?? 0) / l.attempts)} of attempts;` +
@@ -519,7 +720,8 @@ function printRound(r: Round): void {
       base.push(`  by source port: completed but not captured ${r.completedUncaptured}, captured but not completed ${r.capturedNotCompleted}`);
     }
     base.push(
-      `  agents: cpu ${r.agentCpuShare?.toFixed(3)} of one core (during load only ${r.agentCpuShareDuringLoad?.toFixed(3)}), peak rss ${r.agentRssMb?.toFixed(1)} MB; bench reader cpu ${r.benchCpuShare?.toFixed(3)}`,
+      `  agents: cpu ${r.agentCpuShare?.toFixed(3)} of one core = node ${r.nodeCpu?.toFixed(3)} + probe ${r.probeCpu?.toFixed(3)}` +
+        ` (during load only ${r.agentCpuShareDuringLoad?.toFixed(3)} = ${r.nodeCpuLoad?.toFixed(3)} + ${r.probeCpuLoad?.toFixed(3)}), peak rss ${r.agentRssMb?.toFixed(1)} MB; bench reader cpu ${r.benchCpuShare?.toFixed(3)}`,
     );
     const rows = [['agent', 'conn', 'end', 'drop', 'lost', 'ct_miss', 'conn_seen', 'records_out', 'cpu', '(node', 'probe)', 'rss_mb', 'B/read']];
     for (const a of r.perAgent ?? []) {
@@ -534,6 +736,22 @@ function printRound(r: Round): void {
 }
 
 const pct = (x: number): string => (Number.isFinite(x) ? `${(x * 100).toFixed(2)}%` : 'n/a');
+
+/** What each step adds, arm to arm (only between arms that ran): rate lost and machine CPU per connection. */
+function stepLines(arms: Array<{ arm: Arm; rate: number; ratio: number; usPerConn: number | null }>): string[] {
+  const label: Record<Arm, string> = { without: 'no capture', kernel: 'BPF programs + C reader', probe: '+ ctnetlink DESTROY reader', with: '+ Node agent' };
+  const out: string[] = [];
+  for (let i = 1; i < arms.length; i++) {
+    const a = arms[i - 1]!;
+    const b = arms[i]!;
+    const dUs = a.usPerConn !== null && b.usPerConn !== null ? `, ${(b.usPerConn - a.usPerConn) >= 0 ? '+' : ''}${(b.usPerConn - a.usPerConn).toFixed(1)} us machine CPU per connection` : '';
+    out.push(
+      `step ${a.arm} -> ${b.arm} (${label[b.arm]})`.padEnd(32) +
+        ` ${(((b.rate - a.rate) / a.rate) * 100).toFixed(1)}% conn/s (ratio ${a.ratio.toFixed(3)} -> ${b.ratio.toFixed(3)})${dUs}`,
+    );
+  }
+  return out;
+}
 
 // ---------------------------------------------------------------- main
 
@@ -601,13 +819,18 @@ async function main(): Promise<number> {
 
     const rounds: Round[] = [];
     const nodePortSet = new Set(nodePorts);
-    for (let i = 0; i < ROUNDS * 2; i++) {
+    // Serpentine order (A B C D, D C B A, ...): every arm alternates with the others and sits as often
+    // early as late in a round, so linear drift over the run falls on all arms alike.
+    const schedule: Array<{ n: number; arm: Arm }> = [];
+    for (let n = 1; n <= ROUNDS; n++) for (const arm of n % 2 ? ARMS : [...ARMS].reverse()) schedule.push({ n, arm });
+    for (const [i, { n, arm }] of schedule.entries()) {
       if (aborting) throw new Error(`aborted (${aborting})`);
-      const mode = i % 2 === 0 ? 'without' : 'with';
-      const n = Math.floor(i / 2) + 1;
       const rec = RECORD ? join(tmp, `round-${i}.txt`) : null;
-      log(`round ${n} ${mode} agents: ${DURATION_S} s, concurrency ${CONCURRENCY}, targets ${targets.join(',')}`);
-      const r = mode === 'without' ? await roundWithout(n, state, targets, rec) : await roundWith(n, state, targets, nodePortSet, rec);
+      log(`round ${n} ${arm}: ${DURATION_S} s, concurrency ${CONCURRENCY}, targets ${targets.join(',')}`);
+      const r =
+        arm === 'without' ? await roundWithout(n, state, targets, rec)
+        : arm === 'with' ? await roundWith(n, state, targets, nodePortSet, rec)
+        : await roundProbe(n, arm, state, targets, rec);
       if (rec) rmSync(rec, { force: true });
       rounds.push(r);
       printRound(r);
@@ -615,11 +838,34 @@ async function main(): Promise<number> {
     }
 
     // ------------------------------------------------------------ summary
-    const wo = rounds.filter((r) => r.mode === 'without');
-    const wi = rounds.filter((r) => r.mode === 'with');
+    const byArm = (a: Arm): Round[] => rounds.filter((r) => r.mode === a);
+    const wo = byArm('without');
+    const wi = byArm('with');
     const withoutMed = median(wo.map((r) => r.load.conn_per_s));
     const withMed = median(wi.map((r) => r.load.conn_per_s));
     const ratio = withMed / withoutMed;
+    const medOf = (rs: Round[], f: (r: Round) => number | undefined): number | null => {
+      const xs = rs.map(f).filter((x): x is number => x !== undefined && Number.isFinite(x));
+      return xs.length ? median(xs) : null;
+    };
+    const armStats = ARMS.map((arm) => {
+      const rs = byArm(arm);
+      const rate = median(rs.map((r) => r.load.conn_per_s));
+      return {
+        arm, rate, ratio: rate / withoutMed,
+        rates: rs.map((r) => Math.round(r.load.conn_per_s)),
+        spread: (Math.max(...rs.map((r) => r.load.conn_per_s)) - Math.min(...rs.map((r) => r.load.conn_per_s))) / rate,
+        failed: rs.reduce((x, r) => x + r.load.failed, 0),
+        busy: medOf(rs, (r) => r.sys?.busyShare),
+        softirq: medOf(rs, (r) => r.sys?.softirqShare),
+        usPerConn: medOf(rs, (r) => r.sys?.usPerConn),
+        softirqUsPerConn: medOf(rs, (r) => r.sys?.softirqUsPerConn),
+        probeCpu: arm === 'without' ? null : medOf(rs, (r) => r.probeCpu),
+        probeCpuLoad: arm === 'without' ? null : medOf(rs, (r) => r.probeCpuLoad),
+        nodeCpu: arm === 'with' ? medOf(rs, (r) => r.nodeCpu) : null,
+        nodeCpuLoad: arm === 'with' ? medOf(rs, (r) => r.nodeCpuLoad) : null,
+      };
+    });
     const sum = (f: (r: Round) => number): number => wi.reduce((s, r) => s + f(r), 0);
     const connections = sum((r) => r.load.connections);
     const attempts = sum((r) => r.load.attempts);
@@ -638,18 +884,33 @@ async function main(): Promise<number> {
     const okCaptured = uncaptured !== null ? uncaptured === 0 : captured >= connections;
     const okLost = lost === TARGETS.lost;
 
-    const rows = [['', 'conn/s', 'connections', 'attempts', 'failed', 'captured', 'lost', 'agent cpu', 'rss MB']];
+    const f3 = (x: number | null | undefined): string => (x === null || x === undefined ? '-' : x.toFixed(3));
+    const f1 = (x: number | null | undefined): string => (x === null || x === undefined ? '-' : x.toFixed(1));
+    const rows = [['', 'conn/s', 'connections', 'attempts', 'failed', 'busy', 'us/conn', 'probe cpu', 'node cpu', 'captured', 'lost', 'rss MB']];
     for (const r of rounds) {
+      const w = r.mode === 'with';
       rows.push([
         `${r.n} ${r.mode}`, r.load.conn_per_s.toFixed(0), String(r.load.connections), String(r.load.attempts), String(r.load.failed),
-        r.mode === 'with' ? String(r.captured) : '-', r.mode === 'with' ? String(r.lost) : '-',
-        r.mode === 'with' ? (r.agentCpuShare ?? 0).toFixed(3) : '-', r.mode === 'with' ? (r.agentRssMb ?? 0).toFixed(1) : '-',
+        r.sys ? pct(r.sys.busyShare) : '-', f1(r.sys?.usPerConn), f3(r.probeCpu), f3(r.nodeCpu),
+        w ? String(r.captured) : '-', w ? String(r.lost) : '-', w ? (r.agentRssMb ?? 0).toFixed(1) : '-',
+      ]);
+    }
+    const armRows = [['arm (medians)', 'conn/s', 'ratio', 'rounds', 'spread', 'busy', 'softirq', 'us/conn', '(softirq)', 'probe cpu', '(load)', 'node cpu', '(load)']];
+    for (const a of armStats) {
+      armRows.push([
+        a.arm, a.rate.toFixed(0), a.ratio.toFixed(3), a.rates.join('/'), pct(a.spread),
+        a.busy === null ? '-' : pct(a.busy), a.softirq === null ? '-' : pct(a.softirq), f1(a.usPerConn), f1(a.softirqUsPerConn),
+        f3(a.probeCpu), f3(a.probeCpuLoad), f3(a.nodeCpu), f3(a.nodeCpuLoad),
       ]);
     }
     const summary = [
       '',
-      `capture bench: ${ROUNDS}+${ROUNDS} rounds of ${DURATION_S} s, concurrency ${CONCURRENCY}, ${BACKENDS} backends on ${BACKEND_NODES.join('+')}, NodePort ${nodePorts.join(',')} on ${INGRESS_NODE} (SNAT+DNAT), ${cpus().length} CPUs, kernel ${release()}`,
+      `capture bench: ${ROUNDS} rounds x ${ARMS.length} arms (${ARMS.join(', ')}; serpentine order) of ${DURATION_S} s, concurrency ${CONCURRENCY}, ${BACKENDS} backends on ${BACKEND_NODES.join('+')}, NodePort ${nodePorts.join(',')} on ${INGRESS_NODE} (SNAT+DNAT), ${cpus().length} CPUs, kernel ${release()}`,
       table(rows),
+      '',
+      table(armRows),
+      '(cpu columns: share of ONE core summed over the 3 nodes, load + drain/tail per second of load; "(load)": during the load only.',
+      ' busy/softirq/us per conn: whole machine during the load, every process and softirq included.)',
       '',
       `conn/s without agents (median)  ${withoutMed.toFixed(0)}`,
       `conn/s with agents (median)     ${withMed.toFixed(0)}`,
@@ -661,6 +922,7 @@ async function main(): Promise<number> {
       `lost (agents' final stats)      ${lost}   target 0: ${okLost ? 'PASS' : 'MISS'}   (ct_miss ${ctMiss})`,
       `agent cpu (share of one core)   ${cpuShare.toFixed(3)} (median; load + drain CPU per second of load; during load only ${cpuShareLoad.toFixed(3)})`,
       `agent peak rss (node + probe)   ${rssMb.toFixed(1)} MB`,
+      ...stepLines(armStats),
       `wall time                       ${((performance.now() - started) / 1000).toFixed(0)} s`,
     ];
     process.stdout.write(summary.join('\n') + '\n');
@@ -673,6 +935,23 @@ async function main(): Promise<number> {
       lost,
       agent_cpu_share: round3(cpuShare),
       agent_rss_mb: round1(rssMb),
+      arms: Object.fromEntries(
+        armStats.map((a) => [
+          a.arm,
+          {
+            conn_per_s: Math.round(a.rate),
+            ratio: round3(a.ratio),
+            rounds: a.rates,
+            failed: a.failed,
+            busy_share: a.busy === null ? null : round3(a.busy),
+            softirq_share: a.softirq === null ? null : round3(a.softirq),
+            cpu_us_per_conn: a.usPerConn === null ? null : round1(a.usPerConn),
+            probe_cpu_share: a.probeCpu === null ? null : round3(a.probeCpu),
+            probe_cpu_share_during_load: a.probeCpuLoad === null ? null : round3(a.probeCpuLoad),
+            ...(a.arm === 'with' ? { node_cpu_share: a.nodeCpu === null ? null : round3(a.nodeCpu), node_cpu_share_during_load: a.nodeCpuLoad === null ? null : round3(a.nodeCpuLoad) } : {}),
+          },
+        ]),
+      ),
       attempts,
       captured_distinct: capturedDistinct,
       completed_uncaptured: uncaptured,
@@ -681,6 +960,7 @@ async function main(): Promise<number> {
       agent_cpu_share_during_load: round3(cpuShareLoad),
       targets: { ratio: okRatio, captured: okCaptured, lost: okLost },
       rounds: ROUNDS,
+      arm_order: 'serpentine',
       duration_s: DURATION_S,
       concurrency: CONCURRENCY,
       backends: BACKENDS,

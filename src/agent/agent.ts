@@ -23,6 +23,8 @@ export class Agent extends EventEmitter {
   private lastStatsEmit = 0;
   private lastLostTotal = 0;
   mode: CaptureMode | undefined;
+  /** Set before start() to receive flow records as raw bytes instead of 'event' objects (see ProbeProcess.flowSink). */
+  flowSink: ((buf: Buffer, offset: number) => void) | undefined;
 
   constructor(readonly options: AgentOptions) {
     super();
@@ -38,6 +40,7 @@ export class Agent extends EventEmitter {
     }
     this.mode = mode;
     const probe = new ProbeProcess({ ...this.options, mode });
+    probe.flowSink = this.flowSink;
     this.probe = probe;
     probe.on('record', (rec: ProbeRecord) => this.onRecord(rec));
     probe.on('status', (s) => {
@@ -62,6 +65,11 @@ export class Agent extends EventEmitter {
     }
     const ifname = (i: number): string | null => this.probe?.interfaces.get(i) ?? null;
     this.emit('event', toAgentEvent(rec, this.options.node, ifname));
+  }
+
+  /** Name of an attached interface, or null. */
+  interfaceName(ifindex: number): string | null {
+    return this.probe?.interfaces.get(ifindex) ?? null;
   }
 
   /** The latest counters as a stats event (null before the probe's first stats record). */

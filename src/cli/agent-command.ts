@@ -3,7 +3,7 @@ import { Agent } from '../agent/agent.js';
 import { serializeEvent, type AgentEvent } from '../agent/events.js';
 import { AGENT_SETTINGS, resolveConfig } from '../config.js';
 import { UsageError } from '../util/errors.js';
-import { LineBatcher } from '../util/line-batcher.js';
+import { JsonLineEncoder } from '../agent/json-line-encoder.js';
 
 export function registerAgentCommand(program: Command): void {
   program
@@ -53,16 +53,20 @@ export function registerAgentCommand(program: Command): void {
 }
 
 /**
- * Streams JSON lines to stdout. Lines are batched into one write per event-loop turn (the probe
- * delivers records every few milliseconds): a write per line costs a syscall and a reader wake-up
- * each, which dominated the agent's CPU. When stdout cannot keep up, capture is paused; the kernel
- * then counts what it could not buffer.
+ * Streams JSON lines to stdout. Flow records are encoded straight from the probe's bytes
+ * (JsonLineEncoder) and written once per event-loop turn: a write per line cost a syscall and a
+ * reader wake-up each. When stdout cannot keep up, capture is paused; the kernel then counts
+ * what it could not buffer.
  */
 export async function runAgentToStdout(agent: Agent): Promise<void> {
   const out = process.stdout;
+  const encoder = new JsonLineEncoder(agent.options.node, (i) => agent.interfaceName(i));
   let paused = false;
-  const batch = new LineBatcher((text) => {
-    if (!out.write(text) && !paused) {
+  let scheduled = false;
+  const flush = (): void => {
+    scheduled = false;
+    if (encoder.length === 0) return;
+    if (!out.write(encoder.take()) && !paused) {
       paused = true;
       agent.pause();
       out.once('drain', () => {
@@ -70,8 +74,22 @@ export async function runAgentToStdout(agent: Agent): Promise<void> {
         agent.resume();
       });
     }
+  };
+  const scheduleFlush = (): void => {
+    if (encoder.length >= 256 * 1024) flush();
+    else if (!scheduled) {
+      scheduled = true;
+      setImmediate(flush);
+    }
+  };
+  agent.flowSink = (buf, off) => {
+    encoder.encode(buf, off);
+    scheduleFlush();
+  };
+  agent.on('event', (ev: AgentEvent) => {
+    encoder.appendLine(serializeEvent(ev));
+    scheduleFlush();
   });
-  agent.on('event', (ev: AgentEvent) => batch.push(`${serializeEvent(ev)}\n`));
   agent.on('warn', (msg: string) => process.stderr.write(`natlens agent: warning: ${msg}\n`));
   let stopping = false;
   const stop = (): void => {
@@ -84,7 +102,7 @@ export async function runAgentToStdout(agent: Agent): Promise<void> {
   out.on('error', stop); // EPIPE: the reader went away
   await agent.start();
   const code = await agent.wait();
-  batch.flush();
+  flush();
   process.off('SIGINT', stop);
   process.off('SIGTERM', stop);
   if (!stopping && code !== 0) process.exitCode = 1;

@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { BPF_OBJECT, PROBE_BIN } from '../util/paths.js';
 import { NatlensError } from '../util/errors.js';
 import { RecordFramer } from './record-stream.js';
-import { decodeRecord, RecordDecodeError, type ProbeRecord } from './record-decoder.js';
+import { decodeRecord, isStatsRecord, RecordDecodeError, type ProbeRecord } from './record-decoder.js';
 
 export type CaptureMode = 'tc' | 'ctnetlink';
 
@@ -82,6 +82,12 @@ export class ProbeProcess extends EventEmitter {
   private child: ChildProcess | undefined;
   private exited: Promise<number | null> | undefined;
   private readonly errors: ProbeStatus[] = [];
+  /**
+   * When set, flow records (not stats) go here as raw bytes instead of being decoded into
+   * 'record' events: the hot path for sinks that encode straight from the bytes. It throws
+   * RecordDecodeError for a bad record, which is counted like any decode error.
+   */
+  flowSink: ((buf: Buffer, offset: number) => void) | undefined;
 
   constructor(readonly options: ProbeOptions) {
     super();
@@ -102,6 +108,16 @@ export class ProbeProcess extends EventEmitter {
     const framer = new RecordFramer();
     child.stdout!.on('data', (chunk: Buffer) => {
       framer.push(chunk, (buf, off) => {
+        if (this.flowSink && !isStatsRecord(buf, off)) {
+          try {
+            this.flowSink(buf, off);
+          } catch (err) {
+            if (!(err instanceof RecordDecodeError)) throw err;
+            this.decodeErrors++;
+            this.emit('decode-error', err);
+          }
+          return;
+        }
         let rec: ProbeRecord;
         try {
           rec = decodeRecord(buf, off);

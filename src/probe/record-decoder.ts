@@ -98,33 +98,50 @@ function viewOf(buf: Uint8Array): DataView {
   return lastView!;
 }
 
+/** The validated header fields of a flow record (kind is never 'stats' here). */
+export interface FlowHeader {
+  kind: FlowRecord['kind'];
+  family: 4 | 6;
+  proto: Proto;
+  hook: Hook;
+}
+
+/** Validates and names the header of the flow record at `base`. Throws RecordDecodeError. */
+export function decodeFlowHeader(buf: Uint8Array, base: number): FlowHeader {
+  const kindCode = buf[base + NL_EVENT.hdr_kind.offset]!;
+  const kind = KIND_NAMES.get(kindCode);
+  if (kind === undefined) throw new RecordDecodeError(`unknown record kind ${kindCode}`);
+  const family = buf[base + NL_EVENT.hdr_family.offset];
+  if (family !== 4 && family !== 6) throw new RecordDecodeError(`unknown address family ${family} in ${kind} record`);
+  const protoCode = buf[base + NL_EVENT.hdr_proto.offset];
+  if (protoCode !== 6 && protoCode !== 17) throw new RecordDecodeError(`unknown protocol ${protoCode} in ${kind} record`);
+  const hook = HOOK_NAMES.get(buf[base + NL_EVENT.hdr_hook.offset]!);
+  if (hook === undefined) throw new RecordDecodeError(`unknown hook ${buf[base + NL_EVENT.hdr_hook.offset]} in ${kind} record`);
+  return { kind, family, proto: protoCode === 6 ? 'tcp' : 'udp', hook };
+}
+
+export function isStatsRecord(buf: Uint8Array, base: number): boolean {
+  return buf[base + NL_EVENT.hdr_kind.offset] === NlRecordKind.STATS;
+}
+
 /** Decodes the record at `base` (NL_RECORD_SIZE bytes must be available). Throws RecordDecodeError on bad kind/family/proto. */
 export function decodeRecord(buf: Uint8Array, base = 0): ProbeRecord {
   if (buf.length - base < NL_RECORD_SIZE) throw new RecordDecodeError(`record truncated: ${buf.length - base} of ${NL_RECORD_SIZE} bytes`);
   const view = viewOf(buf);
-  const kindCode = buf[base + NL_EVENT.hdr_kind.offset]!;
   const tsNs = view.getBigUint64(base + NL_EVENT.hdr_ts_ns.offset, true);
-  if (kindCode === NlRecordKind.STATS) {
+  if (isStatsRecord(buf, base)) {
     const counters = {} as Record<CounterName, number>;
     for (const [name, index] of COUNTER_NAMES) {
       counters[name] = Number(view.getBigUint64(base + NL_STATS.counter.offset + 8 * index, true));
     }
     return { kind: 'stats', tsNs, counters };
   }
-  const kind = KIND_NAMES.get(kindCode);
-  if (kind === undefined) throw new RecordDecodeError(`unknown record kind ${kindCode}`);
-  const familyCode = buf[base + NL_EVENT.hdr_family.offset];
-  if (familyCode !== 4 && familyCode !== 6) throw new RecordDecodeError(`unknown address family ${familyCode} in ${kind} record`);
-  const protoCode = buf[base + NL_EVENT.hdr_proto.offset];
-  if (protoCode !== 6 && protoCode !== 17) throw new RecordDecodeError(`unknown protocol ${protoCode} in ${kind} record`);
-  const hook = HOOK_NAMES.get(buf[base + NL_EVENT.hdr_hook.offset]!);
-  if (hook === undefined) throw new RecordDecodeError(`unknown hook ${buf[base + NL_EVENT.hdr_hook.offset]} in ${kind} record`);
-  const family = familyCode;
+  const { kind, family, proto, hook } = decodeFlowHeader(buf, base);
   return {
     kind,
     tsNs,
     family,
-    proto: protoCode === 6 ? 'tcp' : 'udp',
+    proto,
     hook,
     ifindex: view.getUint32(base + NL_EVENT.hdr_ifindex.offset, true),
     ctStatus: view.getUint32(base + NL_EVENT.hdr_ct_status.offset, true),
