@@ -109,6 +109,18 @@ static int enter_netns(const char *path)
 	return 0;
 }
 
+static char g_lock_path[PATH_MAX];
+
+/* Removes the lock file while still holding the lock, then releases it. */
+static void release_lock(int fd)
+{
+	if (fd < 0)
+		return;
+	if (g_lock_path[0])
+		unlink(g_lock_path);
+	close(fd);
+}
+
 /* One agent per netns: flock on a file named after the netns inode.
  * Returns the lock fd (kept open for life), -1 on error, -2 if held. */
 static int take_lock(const char *dir)
@@ -127,6 +139,7 @@ static int take_lock(const char *dir)
 	}
 	snprintf(path, sizeof(path), "%s/netns-%lu-%lu.lock", dir, (unsigned long)st.st_dev,
 		 (unsigned long)st.st_ino);
+retry:
 	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 	if (fd < 0) {
 		ev_error("open(lock)", errno, "cannot open lock file %s: %s", path, errstr(errno));
@@ -151,6 +164,17 @@ static int take_lock(const char *dir)
 		close(fd);
 		return -1;
 	}
+	/* The holder unlinks the file when it exits (so locks of gone namespaces do not pile
+	 * up); if that happened between our open and flock, we locked an orphan: retry. */
+	{
+		struct stat held, named;
+
+		if (fstat(fd, &held) == 0 && (stat(path, &named) < 0 || named.st_ino != held.st_ino)) {
+			close(fd);
+			goto retry;
+		}
+	}
+	snprintf(g_lock_path, sizeof(g_lock_path), "%s", path);
 	n = snprintf(pid, sizeof(pid), "%d\n", getpid());
 	if (ftruncate(fd, 0) < 0 || pwrite(fd, pid, n, 0) != n)
 		ev_warn("cannot write pid into %s: %s", path, errstr(errno));
@@ -850,7 +874,7 @@ out:
 		close(sig_fd);
 	if (ep >= 0)
 		close(ep);
-	close(lock_fd);
+	release_lock(lock_fd);
 	return ret;
 }
 
@@ -932,8 +956,7 @@ static int cmd_detach(int argc, char **argv)
 			return EXIT_RUNTIME;
 	}
 	err = rtnl_dump_links(on_link_detach, &d);
-	if (lock_fd >= 0)
-		close(lock_fd);
+	release_lock(lock_fd);
 	if (err) {
 		ev_error("rtnetlink RTM_GETLINK dump", -err, "listing links failed: %s", errstr(err));
 		return EXIT_RUNTIME;

@@ -3,6 +3,7 @@
 // filters, and interfaces created after start.
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createInterface } from 'node:readline';
+import { rmSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { labAddPods, labCurl, labDown, labUp, type LabState } from '../../src/lab/lab.js';
@@ -55,6 +56,7 @@ describe.skipIf(!!skip)('natlens agent process lifecycle', () => {
   afterAll(async () => {
     for (const a of started) if (a.child.exitCode === null) a.child.kill('SIGKILL');
     await labDown({ prefix });
+    rmSync(lockDir, { recursive: true, force: true });
   }, 60_000);
 
   it('prints ready, then one conn line per connection, and detaches everything on SIGTERM', async () => {
@@ -82,6 +84,7 @@ describe.skipIf(!!skip)('natlens agent process lifecycle', () => {
     expect(a.events.at(-1)).toMatchObject({ type: 'stats', node: 'node2', lost: { total: 0 } });
     expect(await natlensFilters(node2().netns, 'eth0', 'egress')).toBe(0);
     expect(await natlensFilters(node2().netns, 'eth0', 'ingress')).toBe(0);
+    expect(readdirSync(lockDir), 'a clean exit removes its lock file').toEqual([]);
   });
 
   it('refuses a second agent on the same namespace, naming the one that holds it', async () => {
