@@ -81,6 +81,7 @@ struct {
  * marks entries reported (DROP) and deletes reported ones after 60 s. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU); /* per-CPU LRU lists: no global lock on the hot path */
 	__uint(max_entries, NL_PENDING_MAX);
 	__type(key, struct nl_flow_key);
 	__type(value, struct nl_pending);
@@ -96,6 +97,7 @@ struct nl_syn_key {
  * re-created in pending_attempts. Inserted by nl_egress; LRU-evicted only. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU); /* per-CPU LRU lists: no global lock on the hot path */
 	__uint(max_entries, NL_DEDUP_MAX);
 	__type(key, struct nl_syn_key);
 	__type(value, struct nl_flow_key);
@@ -105,6 +107,7 @@ struct {
  * Inserted and refreshed by nl_egress; LRU-evicted only. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU); /* per-CPU LRU lists: no global lock on the hot path */
 	__uint(max_entries, NL_DEDUP_MAX);
 	__type(key, struct nl_flow_key);
 	__type(value, __u64);
@@ -115,6 +118,7 @@ struct {
  * per packet. Inserted and refreshed by nl_ingress; LRU-evicted only. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU); /* per-CPU LRU lists: no global lock on the hot path */
 	__uint(max_entries, NL_DEDUP_MAX);
 	__type(key, struct nl_flow_key);
 	__type(value, __u64);
@@ -136,61 +140,87 @@ static __always_inline void ctr_inc(__u32 idx)
 		(*v)++; /* per-CPU slot: no atomic needed */
 }
 
-/* Uses bpf_skb_load_bytes rather than direct access: it also reads headers
- * in non-linear skbs and never modifies the packet (unlike skb_pull_data). */
-static __always_inline enum parse_result parse(struct __sk_buff *skb, struct pkt *p)
+/* Reads `len` bytes at `off`: straight from the linear packet data when they
+ * are there (the common case; a helper call per header cost more than the
+ * rest of the program, measured with kernel.bpf_stats_enabled), else through
+ * bpf_skb_load_bytes, which also reads non-linear skbs. Never modifies the packet. */
+static __always_inline int load(struct __sk_buff *skb, __u32 off, void *dst, __u32 len)
 {
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	if (off <= 128 && data + off + len <= data_end) {
+		__builtin_memcpy(dst, data + off, len);
+		return 0;
+	}
+	return bpf_skb_load_bytes(skb, off, dst, len);
+}
+
+/* Parses the packet's tuple. TCP packets whose flags include none of
+ * `tcp_flags_wanted` are ignored before anything is copied: most packets are
+ * neither SYN nor RST, and this runs on every packet of every interface. */
+static __always_inline enum parse_result parse(struct __sk_buff *skb, struct pkt *p, __u8 tcp_flags_wanted)
+{
+	__u8 th[14]; /* TCP: ports, seq, data offset, flags */
 	__u32 l4_off;
 	__u8 proto;
 
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
 
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+		if (load(skb, ETH_HLEN, &ip, sizeof(ip)))
 			return PARSE_TRUNCATED;
 		if (ip.ihl < 5)
 			return PARSE_TRUNCATED;
 		if (ip.frag_off & bpf_htons(0x1fff)) /* non-first fragment: no L4 header */
 			return PARSE_IGNORE;
 		proto = ip.protocol;
+		l4_off = ETH_HLEN + ip.ihl * 4;
+		if (proto == IPPROTO_TCP) {
+			if (load(skb, l4_off, th, sizeof(th)))
+				return PARSE_TRUNCATED;
+			if (!(th[13] & tcp_flags_wanted))
+				return PARSE_IGNORE;
+		} else if (proto != IPPROTO_UDP || !nl_cfg.capture_udp) {
+			return PARSE_IGNORE;
+		}
 		p->key.family = 4;
 		__builtin_memcpy(p->key.src, &ip.saddr, 4);
 		__builtin_memcpy(p->key.dst, &ip.daddr, 4);
-		l4_off = ETH_HLEN + ip.ihl * 4;
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
+		if (load(skb, ETH_HLEN, &ip6, sizeof(ip6)))
 			return PARSE_TRUNCATED;
 		proto = ip6.nexthdr; /* extension headers are not followed */
+		l4_off = ETH_HLEN + sizeof(ip6);
+		if (proto == IPPROTO_TCP) {
+			if (load(skb, l4_off, th, sizeof(th)))
+				return PARSE_TRUNCATED;
+			if (!(th[13] & tcp_flags_wanted))
+				return PARSE_IGNORE;
+		} else if (proto != IPPROTO_UDP || !nl_cfg.capture_udp) {
+			return PARSE_IGNORE;
+		}
 		p->key.family = 6;
 		__builtin_memcpy(p->key.src, &ip6.saddr, 16);
 		__builtin_memcpy(p->key.dst, &ip6.daddr, 16);
-		l4_off = ETH_HLEN + sizeof(ip6);
 	} else {
 		return PARSE_IGNORE;
 	}
 
 	if (proto == IPPROTO_TCP) {
-		__u8 th[14]; /* ports, seq, data offset, flags */
-
-		if (bpf_skb_load_bytes(skb, l4_off, th, sizeof(th)))
-			return PARSE_TRUNCATED;
 		__builtin_memcpy(&p->key.sport, &th[0], 2);
 		__builtin_memcpy(&p->key.dport, &th[2], 2);
 		p->seq = ((__u32)th[4] << 24) | ((__u32)th[5] << 16) | ((__u32)th[6] << 8) | th[7];
 		p->tcp_flags = th[13];
-	} else if (proto == IPPROTO_UDP) {
+	} else {
 		__be16 ports[2];
 
-		if (!nl_cfg.capture_udp)
-			return PARSE_IGNORE;
-		if (bpf_skb_load_bytes(skb, l4_off, ports, sizeof(ports)))
+		if (load(skb, l4_off, ports, sizeof(ports)))
 			return PARSE_TRUNCATED;
 		p->key.sport = ports[0];
 		p->key.dport = ports[1];
-	} else {
-		return PARSE_IGNORE;
 	}
 	p->key.proto = proto;
 	return PARSE_OK;
@@ -388,9 +418,9 @@ static __always_inline void udp_egress(struct __sk_buff *skb, const struct pkt *
 }
 
 /* parse() that counts truncated packets: the only parse failure that may hide a connection. */
-static __always_inline bool parse_counted(struct __sk_buff *skb, struct pkt *p)
+static __always_inline bool parse_counted(struct __sk_buff *skb, struct pkt *p, __u8 tcp_flags_wanted)
 {
-	int r = parse(skb, p);
+	int r = parse(skb, p, tcp_flags_wanted);
 
 	if (r == PARSE_TRUNCATED)
 		ctr_inc(NL_CTR_PARSE_SKIP);
@@ -402,7 +432,8 @@ int nl_egress(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 
-	if (!parse_counted(skb, &p))
+	/* Egress cares about SYN (new connection, or SYN-ACK answering an attempt) and RST. */
+	if (!parse_counted(skb, &p, TCP_FLAG_SYN | TCP_FLAG_RST))
 		return TC_ACT_OK;
 	if (p.key.proto == IPPROTO_TCP)
 		tcp_egress(skb, &p);
@@ -477,7 +508,7 @@ int nl_ingress(struct __sk_buff *skb)
 
 	if (!nl_cfg.track_attempts)
 		return TC_ACT_OK;
-	if (!parse_counted(skb, &p))
+	if (!parse_counted(skb, &p, TCP_FLAG_SYN))
 		return TC_ACT_OK;
 	if (is_syn(&p))
 		pending_track(skb, &p);
