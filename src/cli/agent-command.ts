@@ -22,6 +22,7 @@ export function registerAgentCommand(program: Command): void {
     .addOption(new Option('--mode <mode>', 'capture mode (env NATLENS_CAPTURE_MODE)').choices(['auto', 'tc', 'ctnetlink']))
     .option('--no-udp', 'capture TCP only')
     .option('--no-attempts', 'do not track dropped connection attempts')
+    .option('--no-ends', 'do not report connection ends (spares the kernel its conntrack DESTROY events; see docs/benchmarks.md)')
     .option('--ifaces <regex>', 'only attach to interfaces whose name matches')
     .option('--exclude <regex>', 'never attach to interfaces whose name matches')
     .option('--ring-kb <n>', 'ring buffer size in KiB (default 8192)')
@@ -43,6 +44,7 @@ export function registerAgentCommand(program: Command): void {
       const cfg = resolveConfig(AGENT_SETTINGS, {
         node: opts.node as string | undefined, netns: opts.netns as string | undefined, mode: opts.mode as string | undefined,
         udp: opts.udp === false ? false : undefined, attempts: opts.attempts === false ? false : undefined,
+        ctEnd: opts.ends === false ? false : undefined,
         ifaces: opts.ifaces as string | undefined, exclude: opts.exclude as string | undefined,
         ringKb: opts.ringKb as string | undefined, wakeupKb: opts.wakeupKb as string | undefined,
         drainMs: opts.drain as string | undefined, dropAfterMs: opts.dropAfter as string | undefined,

@@ -160,4 +160,33 @@ describe.skipIf(!!skip)('natlens agent process lifecycle', () => {
     a.child.kill('SIGTERM');
     expect(await a.exit).toBe(0);
   });
+
+  it('reports connection ends with packet and byte counts, and not with --no-ends', async () => {
+    for (const ends of [true, false]) {
+      const a = startAgent('node2', node2().netnsPath, lockDir, ends ? [] : ['--no-ends']);
+      started.push(a);
+      await waitFor(() => a.events[0], 15_000, 'the ready line');
+      const r = await labCurl('client', 'nodeport@node2', { prefix });
+      expect(r.ok).toBe(true);
+      await waitFor(() => connsFor(a.events, r)[0], 3000, 'the conn line');
+      // Destroy the entry now rather than waiting for conntrack's TIME_WAIT and garbage collection.
+      await nsRun(node2().netns, 'conntrack', ['-D', '-p', 'tcp', '--orig-src', r.local!.ip, '--sport', String(r.local!.port)]);
+      const endOf = (): AgentEvent | undefined =>
+        a.events.find((e) => e.type === 'end' && e.orig.sport === r.local!.port && e.orig.src === r.local!.ip);
+      if (ends) {
+        const end = await waitFor(endOf, 3000, 'the end line');
+        expect(end).toMatchObject({ type: 'end', node: 'node2', proto: 'tcp', snat: true, dnat: true, reply: { dst: r.client_address } });
+        if (end.type !== 'end') throw new Error('unreachable');
+        // One HTTP exchange: the client sent SYN, ACK, request (and FIN); the server answered.
+        expect(end.packets.orig).toBeGreaterThanOrEqual(3);
+        expect(end.packets.reply).toBeGreaterThanOrEqual(2);
+        expect(end.bytes.reply).toBeGreaterThan(end.packets.reply * 40); // headers + the echo text
+      } else {
+        await new Promise((res) => setTimeout(res, 1000));
+        expect(endOf()).toBeUndefined();
+      }
+      a.child.kill('SIGTERM');
+      expect(await a.exit).toBe(0);
+    }
+  });
 });
