@@ -37,7 +37,9 @@ export function registerAgentCommand(program: Command): void {
         '  # one agent per lab node (see: natlens lab up)\n' +
         '  natlens agent --node node2 --netns /run/netns/nl-node2 --stdout\n' +
         '  # only the NodePort-relevant events\n' +
-        '  natlens agent --node node2 --netns /run/netns/nl-node2 --stdout | jq -c \'select(.snat)\'',
+        '  natlens agent --node node2 --netns /run/netns/nl-node2 --stdout | jq -c \'select(.snat)\'\n\n' +
+        'Environment (overridden by flags):\n' +
+        Object.values(AGENT_SETTINGS).map((s) => `  ${s.env.padEnd(24)} ${s.help}`).join('\n'),
     )
     .action(async (opts: Record<string, string | boolean | undefined>) => {
       if (!opts.stdout) throw new UsageError('agent: choose an output: --stdout (a collector output comes with natlens collector)');
