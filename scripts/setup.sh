@@ -7,7 +7,7 @@ log() { echo "natlens setup: $*" >&2; }
 
 # command -> Debian package providing it
 declare -A TOOLS=(
-  [clang]=clang [llvm-strip]=llvm [bpftool]=bpftool [ip]=iproute2 [tc]=iproute2
+  [clang]=clang [bpftool]=bpftool [ip]=iproute2 [tc]=iproute2
   [iptables]=iptables [nft]=nftables [conntrack]=conntrack [pkg-config]=pkg-config
   [make]=make [gcc]=gcc
 )
