@@ -12,18 +12,22 @@ export interface ReadyEvent {
   ts: string;
 }
 
-export interface ConnEvent {
-  type: 'conn';
+/** What every per-connection event carries. */
+interface FlowEventBase {
   node: string;
   proto: Proto;
   family: 4 | 6;
-  /** Conntrack original direction: what the client's socket used (pre-NAT). */
+  /** Conntrack original direction: what the client's socket used (pre-NAT). For drops: the attempt as it arrived. */
   orig: Tuple;
+  ts: string;
+}
+
+export interface ConnEvent extends FlowEventBase {
+  type: 'conn';
   /** Conntrack reply direction: the post-NAT view; reply.dst is the source address the server sees. */
   reply: Tuple;
   snat: boolean;
   dnat: boolean;
-  ts: string;
   /** TCP initial sequence number: identical on every node an SNAT hop crosses (null for UDP / ctnetlink fallback). */
   isn: number | null;
   ifname: string | null;
@@ -31,31 +35,21 @@ export interface ConnEvent {
   ct_status: number;
 }
 
-export interface DropEvent {
+/** An attempt that was never forwarded and never answered. */
+export interface DropEvent extends FlowEventBase {
   type: 'drop';
-  node: string;
-  proto: Proto;
-  family: 4 | 6;
-  /** The attempt as it arrived: never forwarded, never answered. */
-  orig: Tuple;
   attempts: number;
   isn: number | null;
   ifname: string | null;
-  ts: string;
 }
 
-export interface EndEvent {
+export interface EndEvent extends FlowEventBase {
   type: 'end';
-  node: string;
-  proto: Proto;
-  family: 4 | 6;
-  orig: Tuple;
   reply: Tuple;
   snat: boolean;
   dnat: boolean;
   packets: { orig: number; reply: number };
   bytes: { orig: number; reply: number };
-  ts: string;
 }
 
 export interface StatsEvent {

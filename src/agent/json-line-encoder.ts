@@ -5,7 +5,7 @@
  * The text is byte-for-byte what serializeEvent(toAgentEvent(decodeRecord(...))) gives: a unit
  * test holds the two paths to it on random records.
  */
-import { NL_EVENT } from '../probe/record-layout.generated.js';
+import { NL_EVENT, NL_TUPLE } from '../probe/record-layout.generated.js';
 import { decodeFlowHeader, IPS_DST_NAT, IPS_SRC_NAT } from '../probe/record-decoder.js';
 import { formatIPv6 } from '../probe/ip-format.js';
 
@@ -202,20 +202,16 @@ export class JsonLineEncoder {
     }
   }
 
+  /** struct nl_tuple at `at`: offsets from its generated layout. */
   private tuple(buf: Buffer, at: number, family: 4 | 6): void {
-    // struct nl_tuple: src[16] dst[16] sport(be16) dport(be16)
-    const srcOff = 0;
-    const dstOff = NL_EVENT.orig_dst.offset - NL_EVENT.orig_src.offset;
-    const sportOff = NL_EVENT.orig_sport.offset - NL_EVENT.orig_src.offset;
-    const dportOff = NL_EVENT.orig_dport.offset - NL_EVENT.orig_src.offset;
     this.put(K.src);
-    this.addr(buf, at + srcOff, family);
+    this.addr(buf, at + NL_TUPLE.src.offset, family);
     this.put(K.sport);
-    this.num(buf.readUInt16BE(at + sportOff));
+    this.num(buf.readUInt16BE(at + NL_TUPLE.sport.offset));
     this.put(K.dst);
-    this.addr(buf, at + dstOff, family);
+    this.addr(buf, at + NL_TUPLE.dst.offset, family);
     this.put(K.dport);
-    this.num(buf.readUInt16BE(at + dportOff));
+    this.num(buf.readUInt16BE(at + NL_TUPLE.dport.offset));
     this.out[this.pos++] = 0x7d; // }
   }
 

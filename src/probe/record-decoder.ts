@@ -2,7 +2,7 @@
  * Decodes the fixed-size binary records natlens-probe writes to stdout.
  * Offsets come only from record-layout.generated.ts (generated from the BPF object's BTF).
  */
-import { NL_EVENT, NL_STATS, NL_RECORD_SIZE, NlCounter, NlHook, NlRecordKind } from './record-layout.generated.js';
+import { NL_EVENT, NL_STATS, NL_TUPLE, NL_RECORD_SIZE, NlCounter, NlHook, NlRecordKind } from './record-layout.generated.js';
 import { formatIPv4, formatIPv6 } from './ip-format.js';
 
 export { NL_RECORD_SIZE };
@@ -69,23 +69,17 @@ const COUNTER_NAMES = Object.entries(NlCounter)
   .filter(([name]) => name !== 'MAX')
   .map(([name, index]) => [name.toLowerCase() as CounterName, index] as const);
 
-interface TupleOffsets { src: number; dst: number; sport: number; dport: number }
-
-function readTuple(buf: Uint8Array, view: DataView, base: number, family: 4 | 6, f: TupleOffsets): Tuple {
+/** The struct nl_tuple that starts at `at`. */
+function readTuple(buf: Uint8Array, view: DataView, at: number, family: 4 | 6): Tuple {
   const fmt = family === 4 ? formatIPv4 : formatIPv6;
   return {
-    src: fmt(buf, base + f.src),
+    src: fmt(buf, at + NL_TUPLE.src.offset),
     // Ports are in network order, as on the wire.
-    sport: view.getUint16(base + f.sport, false),
-    dst: fmt(buf, base + f.dst),
-    dport: view.getUint16(base + f.dport, false),
+    sport: view.getUint16(at + NL_TUPLE.sport.offset, false),
+    dst: fmt(buf, at + NL_TUPLE.dst.offset),
+    dport: view.getUint16(at + NL_TUPLE.dport.offset, false),
   };
 }
-
-const TUPLE_OFFSETS: { orig: TupleOffsets; reply: TupleOffsets } = {
-  orig: { src: NL_EVENT.orig_src.offset, dst: NL_EVENT.orig_dst.offset, sport: NL_EVENT.orig_sport.offset, dport: NL_EVENT.orig_dport.offset },
-  reply: { src: NL_EVENT.reply_src.offset, dst: NL_EVENT.reply_dst.offset, sport: NL_EVENT.reply_sport.offset, dport: NL_EVENT.reply_dport.offset },
-};
 
 // The framer hands over many records of one buffer in a row: build its DataView once.
 let lastBuf: Uint8Array | undefined;
@@ -146,8 +140,8 @@ export function decodeRecord(buf: Uint8Array, base = 0): ProbeRecord {
     ifindex: view.getUint32(base + NL_EVENT.hdr_ifindex.offset, true),
     ctStatus: view.getUint32(base + NL_EVENT.hdr_ct_status.offset, true),
     tcpIsn: view.getUint32(base + NL_EVENT.hdr_tcp_isn.offset, true),
-    orig: readTuple(buf, view, base, family, TUPLE_OFFSETS.orig),
-    reply: kind === 'drop' ? null : readTuple(buf, view, base, family, TUPLE_OFFSETS.reply),
+    orig: readTuple(buf, view, base + NL_EVENT.orig_src.offset, family),
+    reply: kind === 'drop' ? null : readTuple(buf, view, base + NL_EVENT.reply_src.offset, family),
     packetsOrig: Number(view.getBigUint64(base + NL_EVENT.packets_orig.offset, true)),
     bytesOrig: Number(view.getBigUint64(base + NL_EVENT.bytes_orig.offset, true)),
     packetsReply: Number(view.getBigUint64(base + NL_EVENT.packets_reply.offset, true)),
