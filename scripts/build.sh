@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make -s -C native
+node scripts/gen-proto.mjs
 npx tsc -p tsconfig.json

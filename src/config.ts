@@ -53,6 +53,37 @@ export const AGENT_SETTINGS = {
   dropAfterMs: { env: 'NATLENS_DROP_AFTER', default: 1000, parse: durationMs(100, 60_000), help: 'an unanswered attempt counts as dropped after this long' },
   statsIntervalMs: { env: 'NATLENS_STATS_INTERVAL', default: 10_000, parse: durationMs(100, 3_600_000), help: 'emit a stats event at least this often' },
   lockDir: { env: 'NATLENS_LOCK_DIR', default: '/run/natlens', parse: str, help: 'where per-namespace agent locks live' },
+  collector: { env: 'NATLENS_COLLECTOR', default: undefined as string | undefined, parse: (t: string, src: string) => (t === '' ? undefined : hostPort(t, src)), help: 'stream to the collector at HOST:PORT' },
+  batchEvents: { env: 'NATLENS_BATCH_EVENTS', default: 1000, parse: int(1, 5000), help: 'events per batch sent to the collector' },
+  queueEvents: { env: 'NATLENS_QUEUE_EVENTS', default: 200_000, parse: int(1000, 10_000_000), help: 'events held while the collector is slow or away; beyond, new events are counted lost' },
+} satisfies Record<string, Setting<unknown>>;
+
+const hostPort: Parser<string> = (text, source) => {
+  if (!/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(text) || Number(text.slice(text.lastIndexOf(':') + 1)) > 65535) {
+    throw new UsageError(`${source}: '${text}' must be HOST:PORT (e.g. 127.0.0.1:7070 or [::1]:7070)`);
+  }
+  return text;
+};
+
+export const COLLECTOR_SETTINGS = {
+  listen: { env: 'NATLENS_LISTEN', default: '127.0.0.1:7070', parse: hostPort, help: 'serve agents and queries on HOST:PORT (0.0.0.0:7070 in a cluster)' },
+  data: { env: 'NATLENS_DATA', default: undefined, parse: optionalStr, help: 'embedded ClickHouse (chdb) data directory' },
+  clickhouseUrl: { env: 'NATLENS_CLICKHOUSE_URL', default: undefined, parse: optionalStr, help: 'ClickHouse server URL (instead of --data), e.g. http://user:pass@clickhouse:8123' },
+  database: { env: 'NATLENS_DATABASE', default: 'natlens', parse: (t: string, src: string) => { if (!/^[A-Za-z_][A-Za-z0-9_]{0,63}$/.test(t)) throw new UsageError(`${src}: '${t}' is not a valid database name`); return t; }, help: 'ClickHouse database' },
+  ttlDays: { env: 'NATLENS_TTL_DAYS', default: 7, parse: int(1, 3650), help: 'keep stored data this many days' },
+  id: { env: 'NATLENS_COLLECTOR_ID', default: 'c1', parse: (t: string, src: string) => { if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(t)) throw new UsageError(`${src}: '${t}' must be lowercase letters, digits and dashes`); return t; }, help: 'this collector\'s id among its peers' },
+  peers: { env: 'NATLENS_PEERS', default: '', parse: str, help: 'all collectors sharing the work, id=host:port,... (including this one)' },
+  holdMs: { env: 'NATLENS_STITCH_HOLD', default: 2000, parse: durationMs(100, 60_000), help: 'wait this long for a missing hop before storing a connection as unstitched' },
+  windowMs: { env: 'NATLENS_STITCH_WINDOW', default: 5000, parse: durationMs(10, 60_000), help: 'largest time difference between two hops of one connection' },
+  retentionMs: { env: 'NATLENS_STITCH_RETENTION', default: 15_000, parse: durationMs(1000, 600_000), help: 'late hops are still stitched this long after a connection was stored' },
+  flushMs: { env: 'NATLENS_FLUSH_INTERVAL', default: 250, parse: durationMs(10, 10_000), help: 'store received events at least this often' },
+  maxBatchEvents: { env: 'NATLENS_MAX_BATCH_EVENTS', default: 5000, parse: int(1, 100_000), help: 'largest batch accepted from an agent' },
+  maxMessageBytes: { env: 'NATLENS_MAX_MESSAGE_BYTES', default: 16 << 20, parse: int(1024, 256 << 20), help: 'largest gRPC message accepted' },
+} satisfies Record<string, Setting<unknown>>;
+
+export const QUERY_SETTINGS = {
+  collector: { env: 'NATLENS_COLLECTOR', default: '127.0.0.1:7070', parse: hostPort, help: 'the collector to ask' },
+  sinceMs: { env: 'NATLENS_SINCE', default: 3_600_000, parse: durationMs(1000, 366 * 24 * 3_600_000), help: 'look back this far' },
 } satisfies Record<string, Setting<unknown>>;
 
 type Settings = Record<string, Setting<unknown>>;

@@ -4,6 +4,7 @@ import { serializeEvent, type AgentEvent } from '../agent/events.js';
 import { AGENT_SETTINGS, resolveConfig } from '../config.js';
 import { UsageError } from '../util/errors.js';
 import { JsonLineEncoder } from '../agent/json-line-encoder.js';
+import { CollectorOutput } from '../agent/collector-output.js';
 
 export function registerAgentCommand(program: Command): void {
   program
@@ -19,6 +20,9 @@ export function registerAgentCommand(program: Command): void {
     .option('--node <name>', `node name reported with every event (env ${AGENT_SETTINGS.node.env}; default: hostname)`)
     .option('--netns <path>', 'capture inside this network namespace, e.g. /run/netns/nl-node1 (env NATLENS_NETNS)')
     .option('--stdout', 'write events to stdout as JSON lines')
+    .option('--collector <host:port>', 'stream events to a natlens collector (env NATLENS_COLLECTOR)')
+    .option('--batch-events <n>', 'events per batch sent to the collector (default 1000)')
+    .option('--queue-events <n>', 'events held while the collector is slow or away (default 200000); beyond, counted lost')
     .addOption(new Option('--mode <mode>', 'capture mode (env NATLENS_CAPTURE_MODE)').choices(['auto', 'tc', 'ctnetlink']))
     .option('--no-udp', 'capture TCP only')
     .option('--no-attempts', 'do not track dropped connection attempts')
@@ -36,13 +40,14 @@ export function registerAgentCommand(program: Command): void {
       '\nExamples:\n' +
         '  # one agent per lab node (see: natlens lab up)\n' +
         '  natlens agent --node node2 --netns /run/netns/nl-node2 --stdout\n' +
+        '  # stream to a collector (see: natlens collector --help)\n' +
+        '  natlens agent --node node2 --netns /run/netns/nl-node2 --collector 127.0.0.1:7070\n' +
         '  # only the NodePort-relevant events\n' +
         '  natlens agent --node node2 --netns /run/netns/nl-node2 --stdout | jq -c \'select(.snat)\'\n\n' +
         'Environment (overridden by flags):\n' +
         Object.values(AGENT_SETTINGS).map((s) => `  ${s.env.padEnd(24)} ${s.help}`).join('\n'),
     )
     .action(async (opts: Record<string, string | boolean | undefined>) => {
-      if (!opts.stdout) throw new UsageError('agent: choose an output: --stdout (a collector output comes with natlens collector)');
       const cfg = resolveConfig(AGENT_SETTINGS, {
         node: opts.node as string | undefined, netns: opts.netns as string | undefined, mode: opts.mode as string | undefined,
         udp: opts.udp === false ? false : undefined, attempts: opts.attempts === false ? false : undefined,
@@ -51,8 +56,12 @@ export function registerAgentCommand(program: Command): void {
         ringKb: opts.ringKb as string | undefined, wakeupKb: opts.wakeupKb as string | undefined,
         drainMs: opts.drain as string | undefined, dropAfterMs: opts.dropAfter as string | undefined,
         statsIntervalMs: opts.statsInterval as string | undefined, lockDir: opts.lockDir as string | undefined,
+        collector: opts.collector as string | undefined, batchEvents: opts.batchEvents as string | undefined,
+        queueEvents: opts.queueEvents as string | undefined,
       }, process.env, { drainMs: '--drain', dropAfterMs: '--drop-after', statsIntervalMs: '--stats-interval' });
-      await runAgentToStdout(new Agent(cfg));
+      if (!opts.stdout === !cfg.collector) throw new UsageError('agent: choose one output: --collector HOST:PORT or --stdout');
+      if (cfg.collector) await runAgentToCollector(new Agent(cfg), cfg.collector, cfg.batchEvents, cfg.queueEvents);
+      else await runAgentToStdout(new Agent(cfg));
     });
 }
 
@@ -111,4 +120,34 @@ export async function runAgentToStdout(agent: Agent): Promise<void> {
   process.off('SIGTERM', stop);
   if (!stopping && code !== 0) process.exitCode = 1;
   if (!stopping) process.stderr.write(`natlens agent: natlens-probe exited unexpectedly (code ${code})\n`);
+}
+
+const logStatus = (fields: Record<string, unknown>): void => {
+  process.stderr.write(`${JSON.stringify({ ...fields, ts: new Date().toISOString() })}\n`);
+};
+
+/** Streams to a collector until SIGTERM/SIGINT, then drains what is queued (up to 5 s). */
+export async function runAgentToCollector(agent: Agent, target: string, batchEvents: number, queueEvents: number): Promise<void> {
+  const output = new CollectorOutput(agent, { target, batchEvents, queueEvents });
+  output.on('status', logStatus);
+  agent.on('warn', (msg: string) => logStatus({ event: 'warn', msg }));
+  agent.on('event', (ev: AgentEvent) => {
+    if (ev.type === 'ready') logStatus({ event: 'ready', node: ev.node, mode: ev.mode, interfaces: ev.interfaces });
+  });
+  let stopping = false;
+  const stopped = new Promise<void>((resolve) => {
+    const stop = (): void => {
+      if (stopping) return;
+      stopping = true;
+      resolve();
+    };
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+    agent.once('exit', stop);
+  });
+  await output.start();
+  await stopped;
+  const unacked = await output.stop();
+  logStatus({ event: 'stopped', ...output.stats(), unacked });
+  if (unacked > 0) process.exitCode = 1;
 }

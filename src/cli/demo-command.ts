@@ -4,11 +4,21 @@
  */
 import type { Command } from 'commander';
 import { Option } from 'commander';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Agent } from '../agent/agent.js';
-import type { AgentEvent } from '../agent/events.js';
-import { AGENT_SETTINGS, resolveConfig } from '../config.js';
-import { labCurl, labDown, labPatch, labUp, type LabCurlResult, type LabState, type ProxyMode } from '../lab/lab.js';
-import { connsFor, dropsFor, formatTuple, natLabel, nextHopOf } from '../lab/evidence.js';
+import { CollectorOutput } from '../agent/collector-output.js';
+import { Collector } from '../collector/collector.js';
+import { PeerRing } from '../collector/peer-ring.js';
+import { ClickHouseStore } from '../collector/store/clickhouse-store.js';
+import { AGENT_SETTINGS, COLLECTOR_SETTINGS, resolveConfig } from '../config.js';
+import { labCurl, labDown, labPatch, labUp, type LabState, type ProxyMode } from '../lab/lab.js';
+import type { WhoResponse } from '../transport/proto.generated.js';
+import { QueryClient } from '../transport/query-client.js';
+import { startTransportServer, type TransportServer } from '../transport/stream-server.js';
+import { NATLENS_VERSION } from '../util/paths.js';
+import { formatWho } from './who-command.js';
 
 const PREFIX = 'nldemo';
 
@@ -55,24 +65,59 @@ function steps(state: LabState): Step[] {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** Waits (bounded) for the kernel's record of this request: a conn (or, for failures, a drop). */
-async function evidenceFor(events: AgentEvent[], r: LabCurlResult, dropAfterMs: number): Promise<string[]> {
-  const deadline = Date.now() + (r.ok ? 1000 : dropAfterMs + 1500);
-  for (;;) {
-    const conns = connsFor(events, r).filter((e) => e.dnat || e.snat);
-    const drops = dropsFor(events, r);
-    if (conns.length || drops.length || Date.now() > deadline) {
-      const lines: string[] = [];
-      for (const c of conns) {
-        lines.push(`${c.node} translated ${formatTuple(c.orig)}  =>  ${formatTuple({ src: c.reply.dst, sport: c.reply.dport, dst: c.reply.src, dport: c.reply.sport })}  [${natLabel(c)}]`);
-        const next = nextHopOf(events, c);
-        if (next) lines.push(`${next.node} delivered it to the pod (same TCP ISN ${next.isn}): the pod saw ${next.orig.src}`);
-      }
-      for (const d of drops) lines.push(`${d.node} DROPPED ${formatTuple(d.orig)} (${d.attempts} attempt${d.attempts === 1 ? '' : 's'}, no local endpoint)`);
-      if (!lines.length) lines.push('no kernel record found (see natlens doctor)');
-      return lines;
+/** The demo's natlens: an embedded-store collector and one agent per lab node, in this process. */
+class DemoPipeline {
+  private readonly outputs: CollectorOutput[] = [];
+  private server: TransportServer | undefined;
+  private collector: Collector | undefined;
+  private store: ClickHouseStore | undefined;
+  readonly dataDir = mkdtempSync(join(tmpdir(), 'natlens-demo-'));
+  address = '';
+
+  async start(state: LabState, out: (line: string) => void): Promise<void> {
+    this.store = await ClickHouseStore.open({ dataDir: this.dataDir });
+    const cfg = resolveConfig(COLLECTOR_SETTINGS, {}, {});
+    this.collector = new Collector({
+      ring: new PeerRing('c1', []), store: this.store, version: NATLENS_VERSION, flushIntervalMs: 200, maxBufferedHops: 500_000,
+      stitcher: { holdMs: 1000, windowMs: cfg.windowMs, retentionMs: cfg.retentionMs, maxChains: 1_000_000 },
+    });
+    this.collector.on('warn', (w: string) => out(`  collector: warning: ${w}`));
+    this.collector.start();
+    this.server = await startTransportServer({ listen: '127.0.0.1:0', agentSink: this.collector, querySink: this.collector, collectorId: 'c1' });
+    this.address = `127.0.0.1:${this.server.port}`;
+    out(`  collector: listening on ${this.address}, embedded ClickHouse in ${this.dataDir}`);
+    const agentCfg = { ...resolveConfig(AGENT_SETTINGS, {}, process.env), dropAfterMs: 700 };
+    for (const node of state.nodes) {
+      const agent = new Agent({ ...agentCfg, node: node.name, netns: node.netnsPath });
+      agent.on('warn', (w: string) => out(`  agent ${node.name}: warning: ${w}`));
+      this.outputs.push(new CollectorOutput(agent, { target: this.address, batchEvents: agentCfg.batchEvents, queueEvents: agentCfg.queueEvents }));
     }
-    await sleep(50);
+    await Promise.all(this.outputs.map((o) => o.start()));
+    out(`  agents: ${state.nodes.map((n) => n.name).join(', ')} capturing and streaming to the collector`);
+  }
+
+  /** `natlens who` over the real query API, waiting (bounded) until `expected` connections are in. */
+  async who(target: string, sinceMs: number, expected: number): Promise<WhoResponse> {
+    const client = new QueryClient(this.address);
+    try {
+      const deadline = Date.now() + 8000;
+      for (;;) {
+        const res = await client.who({ target, sinceMs: BigInt(sinceMs), forwarded: false });
+        const n = res.rows.reduce((a, r) => a + Number(r.connections), 0);
+        if (n >= expected || Date.now() > deadline) return res;
+        await sleep(250);
+      }
+    } finally {
+      client.close();
+    }
+  }
+
+  async stop(): Promise<void> {
+    await Promise.allSettled(this.outputs.map((o) => o.stop(3000)));
+    await this.server?.close();
+    await this.collector?.close();
+    await this.store?.close();
+    rmSync(this.dataDir, { recursive: true, force: true });
   }
 }
 
@@ -80,13 +125,12 @@ export async function runDemo(opts: { proxyMode: ProxyMode; out?: (line: string)
   const out = opts.out ?? ((line: string) => process.stdout.write(`${line}\n`));
   out(`natlens demo: the Kubernetes "Using Source IP" tutorial on a lab cluster (kube-proxy ${opts.proxyMode} mode)`);
   out('');
-  const agents: Agent[] = [];
-  const events: AgentEvent[] = [];
+  const pipeline = new DemoPipeline();
   let stopping = false;
   const cleanup = async (): Promise<void> => {
     if (stopping) return;
     stopping = true;
-    await Promise.allSettled(agents.map((a) => a.stop()));
+    await pipeline.stop().catch((e: Error) => out(`  cleanup: ${e.message}`));
     await labDown({ prefix: PREFIX });
   };
   const onSignal = (): void => void cleanup().then(() => process.exit(130));
@@ -94,49 +138,51 @@ export async function runDemo(opts: { proxyMode: ProxyMode; out?: (line: string)
   process.once('SIGTERM', onSignal);
   try {
     const state = await labUp({ prefix: PREFIX, proxyMode: opts.proxyMode, force: true, progress: (l) => out(`  lab: ${l}`) });
-    const app = state.pods.find((p) => p.labels.app === 'source-ip-app');
-    out(`  client ${state.client.ips[0]}; nodes ${state.nodes.map((n) => `${n.name} ${n.internalIPs[0]}`).join(', ')}; source-ip-app on ${app?.node} (${app?.ips[0]})`);
-    const dropAfterMs = 700;
-    const cfg = { ...resolveConfig(AGENT_SETTINGS, {}, process.env), dropAfterMs };
-    for (const node of state.nodes) {
-      const agent = new Agent({ ...cfg, node: node.name, netns: node.netnsPath });
-      agent.on('event', (e: AgentEvent) => events.push(e));
-      agent.on('warn', (w: string) => out(`  agent ${node.name}: warning: ${w}`));
-      agents.push(agent);
-    }
-    await Promise.all(agents.map((a) => a.start()));
-    out(`  agents: ${agents.map((a) => `${a.options.node} (${a.mode})`).join(', ')} capturing`);
+    const app = state.pods.find((p) => p.labels.app === 'source-ip-app')!;
+    const podIp = app.ips[0]!;
+    out(`  client ${state.client.ips[0]}; nodes ${state.nodes.map((n) => `${n.name} ${n.internalIPs[0]}`).join(', ')}; source-ip-app on ${app.node} (${podIp})`);
+    await pipeline.start(state, out);
+    const demoStart = Date.now();
+    let answered = 0;
 
     for (const [i, step] of steps(state).entries()) {
       out('');
       out(`${i + 1}. ${step.title}`);
       if (step.kubectl) out(`   $ ${step.kubectl}`);
       await step.before?.();
-      // One at a time, like the tutorial's loop; each answer is shown with the kernel's record of it.
+      const stepStart = Date.now();
+      let ok = 0;
+      // One at a time, like the tutorial's loop.
       for (const req of step.requests) {
         const r = await labCurl(req.from, req.target, { prefix: PREFIX, timeoutMs: req.timeoutMs ?? 2000 });
-        const seen = r.ok ? `client_address=${r.client_address}` : `no answer (${r.error})`;
-        out(`   ${req.label.padEnd(18)} echo server: ${seen}`);
-        for (const line of await evidenceFor(events, r, dropAfterMs)) out(`   ${''.padEnd(18)} kernel:      ${line}`);
+        if (r.ok) ok++;
+        out(`   ${req.label.padEnd(18)} the pod saw: ${r.ok ? `client_address=${r.client_address}` : `nothing (no answer: ${r.error})`}`);
       }
+      answered += ok;
+      const res = await pipeline.who(podIp, Date.now() - stepStart + 500, ok);
+      out(`   $ natlens who ${podIp} --since ${Math.ceil((Date.now() - stepStart) / 1000) + 1}s`);
+      for (const line of formatWho(res).trimEnd().split('\n').slice(1)) out(`   ${line}`);
     }
-    const lost = agents.reduce((n, a) => n + (a.stats()?.lost.total ?? 0), 0);
+    const total = await pipeline.who(podIp, Date.now() - demoStart + 1000, answered);
     out('');
-    out(`events: ${events.filter((e) => e.type === 'conn').length} connections, ${events.filter((e) => e.type === 'drop').length} drops recorded; ${lost} lost`);
-    out('Next: the collector stitches these hops into one record per connection and answers `natlens who <pod>`.');
+    out(`The whole demo: $ natlens who ${podIp}`);
+    for (const line of formatWho(total).trimEnd().split('\n').slice(1)) out(`   ${line}`);
+    out('');
+    out('CLIENT is who really called; SEEN AS is what the pod saw. Under Cluster policy the pod sees a node,');
+    out('and natlens joins that node\'s record with the pod node\'s (same tuple, same TCP ISN) to name the client.');
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await cleanup();
-    out('lab removed.');
+    out('lab and collector removed.');
   }
 }
 
 export function registerDemoCommand(program: Command): void {
   program
     .command('demo')
-    .summary('run the source-IP tutorial on a lab cluster and show the kernel\'s evidence')
-    .description('Builds the lab (network namespaces, real kube-proxy rules), starts one agent per node, walks\nthrough the tutorial (ClusterIP; NodePort under Cluster, then Local; LoadBalancer under both) and\nprints, for each request, what the echo server saw next to what the kernel recorded. Needs root.\nRemoves everything it created when it ends.')
+    .summary('run the source-IP tutorial on a lab cluster: what the pod saw next to who really called')
+    .description('Builds the lab (network namespaces, real kube-proxy rules), starts a collector on the embedded\nClickHouse store and one agent per node, walks through the tutorial (ClusterIP; NodePort under\nCluster, then Local; LoadBalancer under both) and prints, for each step, what the echo server saw\nnext to what `natlens who` reports. Needs root. Removes everything it created when it ends.')
     .addOption(new Option('--proxy-mode <mode>', 'kube-proxy mode of the lab').choices(['iptables', 'nftables']).default('iptables'))
     .action(async (opts: { proxyMode: ProxyMode }) => {
       await runDemo({ proxyMode: opts.proxyMode });

@@ -5,6 +5,8 @@ import { join } from 'node:path';
 import { registerAgentCommand } from './agent-command.js';
 import { registerDoctorCommand } from './doctor-command.js';
 import { registerDemoCommand } from './demo-command.js';
+import { registerCollectorCommand } from './collector-command.js';
+import { registerWhoCommand } from './who-command.js';
 import { registerLabCommands } from '../lab/commands.js';
 import { NatlensError, describeError } from '../util/errors.js';
 import { PACKAGE_ROOT } from '../util/paths.js';
@@ -26,6 +28,8 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   registerAgentCommand(program);
+  registerCollectorCommand(program);
+  registerWhoCommand(program);
   registerDoctorCommand(program);
   registerLabCommands(program);
   registerDemoCommand(program);

@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -18,3 +18,6 @@ export const NATIVE_DIR = join(PACKAGE_ROOT, 'dist', 'native');
 export const PROBE_BIN = join(NATIVE_DIR, 'natlens-probe');
 export const BPF_OBJECT = join(NATIVE_DIR, 'natlens.bpf.o');
 export const LOAD_BIN = join(NATIVE_DIR, 'natlens-load');
+
+/** This release, from package.json (agents announce it to collectors). */
+export const NATLENS_VERSION: string = (JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;

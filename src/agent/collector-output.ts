@@ -1,0 +1,77 @@
+/**
+ * The agent's collector output: probe records -> HopEvents -> batched gRPC stream with acks
+ * (CollectorStreamClient: bounded queue, reconnect, resend of what was not acknowledged). Capture
+ * never waits for the collector: what the queue cannot hold is counted as lost (queue_overflow)
+ * and reported upstream with the kernel's own loss counters.
+ */
+import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { parseAddr } from '../collector/addr.js';
+import { CollectorStreamClient } from '../transport/stream-client.js';
+import { NATLENS_VERSION } from '../util/paths.js';
+import type { Agent } from './agent.js';
+import { hopEventFromRecord } from './hop-event-encoder.js';
+import { NodeNetworkWatch } from './node-network.js';
+
+export interface CollectorOutputOptions {
+  target: string;
+  batchEvents: number;
+  queueEvents: number;
+}
+
+/** Events: 'status' ({ event, ...fields }) for the CLI to log. */
+export class CollectorOutput extends EventEmitter {
+  readonly agentId = randomUUID();
+  private client: CollectorStreamClient | undefined;
+  private readonly network: NodeNetworkWatch;
+  private captured = 0;
+
+  constructor(private readonly agent: Agent, private readonly options: CollectorOutputOptions) {
+    super();
+    this.network = new NodeNetworkWatch(agent.options.netns);
+  }
+
+  /** Reads the node's network, connects the stream, starts capture. */
+  async start(): Promise<void> {
+    const net = await this.network.start();
+    const agent = this.agent;
+    const client = new CollectorStreamClient({
+      target: this.options.target,
+      hello: {
+        node: agent.options.node,
+        agentId: this.agentId,
+        version: NATLENS_VERSION,
+        nodeAddresses: net.addresses.map((a) => parseAddr(a)).filter((a): a is Uint8Array => a !== null),
+      },
+      maxBatchEvents: this.options.batchEvents,
+      maxQueuedEvents: this.options.queueEvents,
+      lossProvider: () => {
+        const s = agent.stats();
+        // Kernel ring buffer, pending-attempt map, netlink socket, undecodable records; the client adds its queue_overflow.
+        const lost: Record<string, number> = {};
+        if (s) for (const [k, v] of Object.entries(s.lost)) if (k !== 'total') lost[k] = v;
+        return { lost, captured: this.captured };
+      },
+    });
+    this.client = client;
+    client.on('connected', () => this.emit('status', { event: 'connected', collector: this.options.target }));
+    client.on('disconnected', (reason: unknown) => this.emit('status', { event: 'disconnected', collector: this.options.target, reason: String(reason) }));
+    agent.flowSink = (buf, off) => {
+      const ev = hopEventFromRecord(buf, off, (i) => agent.interfaceName(i), (n) => this.network.deliversLocally(n));
+      this.captured++;
+      client.push(ev);
+    };
+    await agent.start();
+  }
+
+  stats() {
+    return { captured: this.captured, ...this.client?.stats() };
+  }
+
+  /** Stops capture (filters detached), then sends what is queued; returns events never acknowledged. */
+  async stop(drainTimeoutMs = 5000): Promise<number> {
+    await this.agent.stop();
+    this.network.stop();
+    return (await this.client?.close({ drainTimeoutMs })) ?? 0;
+  }
+}

@@ -1,0 +1,99 @@
+import { Command } from 'commander';
+import { Collector } from '../collector/collector.js';
+import { PeerRing } from '../collector/peer-ring.js';
+import { ClickHouseStore } from '../collector/store/clickhouse-store.js';
+import { COLLECTOR_SETTINGS, resolveConfig, type ConfigOf } from '../config.js';
+import { startTransportServer } from '../transport/stream-server.js';
+import { UsageError } from '../util/errors.js';
+import { NATLENS_VERSION } from '../util/paths.js';
+
+export function registerCollectorCommand(program: Command): void {
+  program
+    .command('collector')
+    .summary('receive agents\' streams, stitch SNAT hops, store them in ClickHouse, answer queries')
+    .description(
+      'Serves the agent stream and the query API (gRPC) on --listen. Every connection\'s hops\n' +
+        '(one per node it crossed) are joined into one record with its real client, and stored with\n' +
+        'the raw hops in ClickHouse: embedded (--data DIR, the ClickHouse engine in this process)\n' +
+        'or a server (--clickhouse-url). Status lines go to stderr as JSON.',
+    )
+    .option('--listen <host:port>', 'serve agents and queries here (default 127.0.0.1:7070)')
+    .option('--data <dir>', 'embedded ClickHouse data directory (one collector per directory)')
+    .option('--clickhouse-url <url>', 'ClickHouse server, e.g. http://natlens:secret@clickhouse:8123')
+    .option('--database <name>', 'ClickHouse database (default natlens)')
+    .option('--ttl-days <n>', 'keep stored data this many days (default 7)')
+    .option('--id <id>', 'this collector\'s id among its peers (default c1)')
+    .option('--peers <list>', 'every collector sharing the work, id=host:port,... including this one')
+    .option('--hold <duration>', 'wait this long for a missing hop before storing a connection as unstitched (default 2s)')
+    .option('--window <duration>', 'largest time difference between two hops of one connection (default 5s)')
+    .option('--retention <duration>', 'keep stitching late hops this long after storing a connection (default 15s)')
+    .option('--flush-interval <duration>', 'store received events at least this often (default 250ms)')
+    .addHelpText('after',
+      '\nExamples:\n' +
+        '  natlens collector --data /var/lib/natlens                       # embedded store\n' +
+        '  natlens collector --listen 0.0.0.0:7070 --clickhouse-url http://clickhouse:8123\n' +
+        '  # two collectors behind one address: both hops of a connection meet at the one owning its pod\n' +
+        '  natlens collector --id c1 --listen 10.0.0.5:7070 --peers c1=10.0.0.5:7070,c2=10.0.0.6:7070 --data /var/lib/natlens\n\n' +
+        'Environment (overridden by flags):\n' +
+        Object.values(COLLECTOR_SETTINGS).map((s) => `  ${s.env.padEnd(26)} ${s.help}`).join('\n'))
+    .action(async (opts: Record<string, string | undefined>) => {
+      const cfg = resolveConfig(COLLECTOR_SETTINGS, {
+        listen: opts.listen, data: opts.data, clickhouseUrl: opts.clickhouseUrl, database: opts.database, ttlDays: opts.ttlDays,
+        id: opts.id, peers: opts.peers, holdMs: opts.hold, windowMs: opts.window, retentionMs: opts.retention, flushMs: opts.flushInterval,
+      }, process.env, { holdMs: '--hold', windowMs: '--window', retentionMs: '--retention', flushMs: '--flush-interval' });
+      await runCollector(cfg);
+    });
+}
+
+const status = (event: string, fields: Record<string, unknown> = {}): void => {
+  process.stderr.write(`${JSON.stringify({ event, ...fields, ts: new Date().toISOString() })}\n`);
+};
+
+export async function runCollector(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): Promise<void> {
+  if (!cfg.data === !cfg.clickhouseUrl) throw new UsageError('collector: give exactly one store: --data DIR (embedded) or --clickhouse-url URL');
+  const ring = new PeerRing(cfg.id, PeerRing.parsePeers(cfg.peers));
+  const store = await ClickHouseStore.open({ dataDir: cfg.data, url: cfg.clickhouseUrl, database: cfg.database, ttlDays: cfg.ttlDays });
+  const collector = new Collector({
+    ring, store, version: NATLENS_VERSION, flushIntervalMs: cfg.flushMs, maxBufferedHops: 500_000,
+    stitcher: { holdMs: cfg.holdMs, windowMs: cfg.windowMs, retentionMs: cfg.retentionMs, maxChains: 2_000_000 },
+  });
+  collector.on('warn', (msg: string) => status('warn', { msg }));
+  collector.start();
+  let server: Awaited<ReturnType<typeof startTransportServer>>;
+  try {
+    server = await startTransportServer({
+      listen: cfg.listen, agentSink: collector, querySink: collector, collectorId: cfg.id,
+      maxBatchEvents: cfg.maxBatchEvents, maxMessageBytes: cfg.maxMessageBytes,
+    });
+  } catch (err) {
+    await collector.close();
+    await store.close();
+    throw err;
+  }
+  status('listening', { address: cfg.listen, port: server.port, id: cfg.id, store: cfg.data ? { embedded: cfg.data } : { url: redact(cfg.clickhouseUrl!) }, peers: ring.peers.map((p) => p.id) });
+  const statsTimer = setInterval(() => status('stats', collector.stats()), 10_000);
+  statsTimer.unref();
+  await new Promise<void>((resolve) => {
+    const stop = (sig: string): void => {
+      status('stopping', { signal: sig });
+      resolve();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  clearInterval(statsTimer);
+  await server.close();
+  await collector.close();
+  await store.close();
+  status('stopped', collector.stats());
+}
+
+function redact(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '(unparsable URL)';
+  }
+}

@@ -1,0 +1,89 @@
+import { Command } from 'commander';
+import { QUERY_SETTINGS, resolveConfig } from '../config.js';
+import { parseTarget } from '../query/target.js';
+import { QueryClient } from '../transport/query-client.js';
+import type { WhoResponse } from '../transport/proto.generated.js';
+import { NatlensError, UsageError } from '../util/errors.js';
+
+export function registerWhoCommand(program: Command): void {
+  program
+    .command('who')
+    .summary('who really called this pod: real clients next to the address the pod saw')
+    .argument('<target>', 'the pod: IP, IP:PORT or [IPv6]:PORT')
+    .option('--since <duration>', 'look back this far (default 1h)')
+    .option('--collector <host:port>', 'the collector to ask (default 127.0.0.1:7070)')
+    .option('--json', 'one JSON object, for scripts')
+    .description(
+      'Lists the clients that connected to TARGET: the real caller (CLIENT), the source address the\n' +
+        'pod saw (SEEN AS; a node address when a node SNAT\'d the connection), how many connections,\n' +
+        'the node where the connection entered the Service path (INGRESS) and the node of the pod\n' +
+        '(ENDPOINT). The last lines say how much of the answer may be missing: events lost by agents,\n' +
+        'connections whose hops could not all be joined (their unknown parts show as "?").',
+    )
+    .addHelpText('after',
+      '\nExamples:\n' +
+        '  natlens who 10.180.1.136\n' +
+        '  natlens who 10.180.1.136:8080 --since 10m --json | jq \'.rows[] | select(.snat)\'\n')
+    .action(async (targetText: string, opts: Record<string, string | boolean | undefined>) => {
+      const cfg = resolveConfig(QUERY_SETTINGS, { collector: opts.collector as string | undefined, sinceMs: opts.since as string | undefined }, process.env, { sinceMs: '--since' });
+      const target = parseTarget(targetText);
+      if (typeof target === 'string') throw new UsageError(`who: ${target}`);
+      const client = new QueryClient(cfg.collector);
+      let res: WhoResponse;
+      try {
+        res = await client.who({ target: targetText, sinceMs: BigInt(cfg.sinceMs), forwarded: false });
+      } catch (err) {
+        throw new NatlensError(`who: collector ${cfg.collector}: ${(err as Error).message}`, { cause: err });
+      } finally {
+        client.close();
+      }
+      process.stdout.write(opts.json ? `${JSON.stringify(whoJson(res))}\n` : formatWho(res));
+    });
+}
+
+/** The --json shape (documented in README): snake_case, plain numbers. */
+export function whoJson(res: WhoResponse) {
+  const c = res.complete;
+  return {
+    target: res.target,
+    since: res.since,
+    rows: res.rows.map((r) => ({
+      client: r.client === '' ? null : r.client,
+      seen_as: r.seenAs,
+      connections: Number(r.connections),
+      ingress_node: r.ingressNode || null,
+      endpoint_node: r.endpointNode || null,
+      snat: r.snat,
+      stitched: r.stitched,
+      protocols: r.protocols,
+      first_seen: r.firstSeen,
+      last_seen: r.lastSeen,
+    })),
+    complete: {
+      events_lost: Number(c?.eventsLost ?? 0n),
+      lost_by_stage: Object.fromEntries(Object.entries(c?.lostByStage ?? {}).map(([k, v]) => [k, Number(v)])),
+      unstitched: Number(c?.unstitched ?? 0n),
+      nodes_reporting: c?.nodesReporting ?? [],
+      collectors: c?.collectors ?? [],
+    },
+  };
+}
+
+export function formatWho(res: WhoResponse): string {
+  const j = whoJson(res);
+  const head = ['CLIENT', 'SEEN AS', 'CONNS', 'INGRESS', 'ENDPOINT', 'SNAT', 'PROTO', 'LAST SEEN'];
+  const rows = j.rows.map((r) => [r.client ?? '?', r.seen_as, String(r.connections), r.ingress_node ?? '?', r.endpoint_node ?? '?', r.snat ? 'yes' : 'no', r.protocols.join(','), r.last_seen]);
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+  const out = [`who called ${j.target} since ${j.since}`];
+  if (rows.length === 0) out.push('  no connections stored for this target in the window');
+  else out.push(line(head), ...rows.map(line));
+  const c = j.complete;
+  const stages = Object.entries(c.lost_by_stage).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v}`).join(', ');
+  out.push(
+    '',
+    `complete: ${c.events_lost} events lost${stages ? ` (${stages})` : ''}; ${c.unstitched} connections with a hop missing; ` +
+      `agents reporting: ${c.nodes_reporting.join(', ') || 'none'}; collectors: ${c.collectors.join(', ')}`,
+  );
+  return `${out.join('\n')}\n`;
+}

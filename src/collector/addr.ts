@@ -1,0 +1,86 @@
+/** 16-byte addresses (IPv6, or IPv4 mapped into ::ffff:0:0/96): the form hops are stitched and stored in. */
+import { isIP } from 'node:net';
+import type { Addr16, WireTuple } from './hop.js';
+
+const V4_MAPPED_PREFIX = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+
+export function isV4Mapped(a: Addr16): boolean {
+  for (let i = 0; i < 12; i++) if (a[i] !== V4_MAPPED_PREFIX[i]) return false;
+  return true;
+}
+
+/** 4- or 16-byte address (network order) -> 16 bytes. */
+export function toAddr16(raw: Uint8Array): Addr16 {
+  if (raw.length === 16) return raw;
+  if (raw.length !== 4) throw new RangeError(`address must be 4 or 16 bytes, got ${raw.length}`);
+  const out = new Uint8Array(16);
+  out[10] = 0xff;
+  out[11] = 0xff;
+  out.set(raw, 12);
+  return out;
+}
+
+/** Text form: dotted quad for IPv4-mapped, RFC 5952 for IPv6. */
+export function formatAddr(a: Addr16): string {
+  if (isV4Mapped(a)) return `${a[12]}.${a[13]}.${a[14]}.${a[15]}`;
+  const groups: number[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push((a[i]! << 8) | a[i + 1]!);
+  // Longest run (>= 2) of zero groups becomes '::'.
+  let bestStart = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    if (groups[i] !== 0) { i++; continue; }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLen) { bestStart = i; bestLen = j - i; }
+    i = j;
+  }
+  const hex = groups.map((g) => g.toString(16));
+  if (bestStart < 0) return hex.join(':');
+  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLen).join(':')}`;
+}
+
+/** Parses an IPv4 or IPv6 literal into 16 bytes; null if it is not one. */
+export function parseAddr(text: string): Addr16 | null {
+  const kind = isIP(text);
+  if (kind === 4) return toAddr16(Uint8Array.from(text.split('.').map(Number)));
+  if (kind !== 6) return null;
+  let head = text;
+  let tail4: number[] = [];
+  const lastColon = text.lastIndexOf(':');
+  if (text.includes('.', lastColon)) {
+    // Embedded IPv4 (::ffff:1.2.3.4): two groups in dotted form.
+    tail4 = text.slice(lastColon + 1).split('.').map(Number);
+    head = `${text.slice(0, lastColon + 1)}0:0`;
+  }
+  const [left, right] = head.includes('::') ? head.split('::') as [string, string] : [head, undefined];
+  const l = left ? left.split(':') : [];
+  const r = right !== undefined && right !== '' ? right.split(':') : [];
+  const fill = right === undefined ? [] : new Array<string>(8 - l.length - r.length).fill('0');
+  const groups = [...l, ...fill, ...r].map((g) => parseInt(g, 16));
+  const out = new Uint8Array(16);
+  groups.forEach((g, i) => { out[2 * i] = g >> 8; out[2 * i + 1] = g & 0xff; });
+  if (tail4.length === 4) out.set(tail4, 12);
+  return out;
+}
+
+export function addrEqual(a: Addr16, b: Addr16): boolean {
+  for (let i = 15; i >= 0; i--) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** A compact string usable as a Map key. */
+export function addrKey(a: Addr16): string {
+  if (isV4Mapped(a)) return String(((a[12]! << 24) | (a[13]! << 16) | (a[14]! << 8) | a[15]!) >>> 0);
+  return Buffer.from(a.buffer, a.byteOffset, 16).toString('latin1');
+}
+
+/** Map key of a wire tuple (one direction of one connection on the wire). */
+export function tupleKey(proto: string, t: WireTuple): string {
+  return `${proto}|${addrKey(t.src)}|${t.sport}|${addrKey(t.dst)}|${t.dport}`;
+}
+
+/** "ip:port" / "[ip6]:port". */
+export function formatEndpoint(a: Addr16, port: number): string {
+  return isV4Mapped(a) ? `${formatAddr(a)}:${port}` : `[${formatAddr(a)}]:${port}`;
+}

@@ -1,0 +1,325 @@
+/**
+ * Joins the hops of one connection captured on different nodes into one ConnectionRecord.
+ *
+ * Hop B follows hop A when the packet A's node sent is the packet B's node received: A's outgoing
+ * wire tuple (its conntrack reply tuple, reversed) equals B's original tuple, on another node, with
+ * the same TCP initial sequence number (kube-proxy NAT keeps it) and timestamps within a window.
+ * Links are made in whatever order hops arrive; a chain is emitted as soon as it is known complete
+ * (it ends on the endpoint's node and starts where the client's packet was first translated), or
+ * after `holdMs` without news, as 'unstitched' with what is known and nothing guessed. Emitted
+ * chains stay linkable for `retentionMs`: a late hop updates the record (same connId, higher
+ * version) and a chain absorbed into another is re-emitted as 'superseded'.
+ */
+import { addrEqual, tupleKey } from './addr.js';
+import { hash64 } from './hop-id.js';
+import type { Addr16, ConnectionRecord, Hop, WireTuple } from './hop.js';
+
+/** Conntrack status bits (include/uapi/linux/netfilter/nf_conntrack_common.h). */
+const IPS_SRC_NAT = 0x10;
+const IPS_DST_NAT = 0x20;
+
+export interface StitcherOptions {
+  /** A chain not known complete is emitted this long after its last change. */
+  holdMs: number;
+  /** Largest |ts difference| between two linked hops (queueing + clock skew between nodes). */
+  windowMs: number;
+  /** Emitted chains stay linkable to late hops this long. */
+  retentionMs: number;
+  /** Bound on chains kept in memory (pending + retained); the oldest retained go first. */
+  maxChains: number;
+}
+
+export const DEFAULT_STITCHER_OPTIONS: StitcherOptions = { holdMs: 2000, windowMs: 5000, retentionMs: 15_000, maxChains: 1_000_000 };
+
+/** Which node an address belongs to: agents announce their nodes' addresses. */
+export type NodeAddressBook = (a: Addr16) => string | undefined;
+
+interface Link {
+  hop: Hop;
+  tsMs: number;
+  inKey: string;
+  outKey: string;
+  chain: Chain;
+  prev: Link | null;
+  next: Link | null;
+}
+
+interface Chain {
+  head: Link;
+  connId: bigint | null;
+  version: number;
+  /** Arrival time (ms) of the last change. */
+  changedAt: number;
+  /** Emitted at (ms), or 0 while pending. */
+  emittedAt: number;
+  /** The last record emitted, to supersede if this chain is absorbed. */
+  emitted: ConnectionRecord | null;
+  dead: boolean;
+}
+
+export interface StitcherStats {
+  hops: number;
+  duplicates: number;
+  links: number;
+  ambiguous: number;
+  emitted: number;
+  reemitted: number;
+  pending: number;
+  retained: number;
+  evicted: number;
+}
+
+export class Stitcher {
+  private readonly byIn = new Map<string, Link[]>();
+  private readonly byOut = new Map<string, Link[]>();
+  private readonly seen = new Map<bigint, number>();
+  private readonly pending = new Set<Chain>();
+  /** Emitted chains in emission order (for expiry). */
+  private retained: Chain[] = [];
+  private retainedHead = 0;
+  private readonly out: ConnectionRecord[] = [];
+  readonly counters = { hops: 0, duplicates: 0, links: 0, ambiguous: 0, emitted: 0, reemitted: 0, evicted: 0 };
+
+  constructor(
+    private readonly nodeOf: NodeAddressBook,
+    readonly options: StitcherOptions = DEFAULT_STITCHER_OPTIONS,
+  ) {}
+
+  /** Takes one hop (only 'conn' hops take part in stitching). `nowMs` is arrival time. */
+  ingest(hop: Hop, nowMs: number): void {
+    if (hop.kind !== 'conn' || !hop.reply) return;
+    if (this.seen.has(hop.id)) {
+      this.counters.duplicates++;
+      return;
+    }
+    this.seen.set(hop.id, nowMs);
+    this.counters.hops++;
+    const link: Link = {
+      hop,
+      tsMs: Number(hop.tsNs / 1_000_000n),
+      inKey: tupleKey(hop.proto, hop.orig),
+      outKey: tupleKey(hop.proto, outgoing(hop.reply)),
+      chain: null as unknown as Chain,
+      prev: null,
+      next: null,
+    };
+    const chain: Chain = { head: link, connId: null, version: 0, changedAt: nowMs, emittedAt: 0, emitted: null, dead: false };
+    link.chain = chain;
+    this.pending.add(chain);
+
+    const prev = this.pick(this.byOut.get(link.inKey), link, (c) => c.next === null);
+    const next = this.pick(this.byIn.get(link.outKey), link, (c) => c.prev === null);
+    push(this.byIn, link.inKey, link);
+    push(this.byOut, link.outKey, link);
+    if (prev) this.join(prev, link, nowMs);
+    if (next) this.join(link, next, nowMs);
+  }
+
+  /** Emits what is ready; call periodically. Returns records to store (new, updated, superseded). */
+  tick(nowMs: number): ConnectionRecord[] {
+    for (const chain of this.pending) {
+      if (chain.dead) {
+        this.pending.delete(chain);
+        continue;
+      }
+      if (this.isComplete(chain) || nowMs - chain.changedAt >= this.options.holdMs) this.emit(chain, nowMs);
+    }
+    this.expire(nowMs);
+    return this.out.splice(0, this.out.length);
+  }
+
+  /** Emits everything pending now (shutdown). */
+  flush(nowMs: number): ConnectionRecord[] {
+    for (const chain of this.pending) if (!chain.dead) this.emit(chain, nowMs);
+    this.pending.clear();
+    return this.out.splice(0, this.out.length);
+  }
+
+  stats(): StitcherStats {
+    return { ...this.counters, pending: this.pending.size, retained: this.retained.length - this.retainedHead };
+  }
+
+  /** The one candidate that can be linked to `link`, or null (none, or several: never guess). */
+  private pick(cands: Link[] | undefined, link: Link, free: (c: Link) => boolean): Link | null {
+    if (!cands) return null;
+    const { hop } = link;
+    let best: Link | null = null;
+    let bestIsnMatch = false;
+    let count = 0;
+    for (const c of cands) {
+      if (c.hop.node === hop.node || !free(c) || c.chain === link.chain) continue;
+      if (Math.abs(c.tsMs - link.tsMs) > this.options.windowMs) continue;
+      const isnKnown = c.hop.isn !== null && hop.isn !== null;
+      if (isnKnown && c.hop.isn !== hop.isn) continue;
+      // An ISN match outranks candidates only matched by tuple and time.
+      if (isnKnown && !bestIsnMatch) {
+        best = c;
+        bestIsnMatch = true;
+        count = 1;
+      } else if (isnKnown === bestIsnMatch) {
+        count++;
+        if (!best || Math.abs(c.tsMs - link.tsMs) < Math.abs(best.tsMs - link.tsMs)) best = c;
+      }
+    }
+    if (count > 1) {
+      this.counters.ambiguous++;
+      return null;
+    }
+    return best;
+  }
+
+  private join(a: Link, b: Link, nowMs: number): void {
+    a.next = b;
+    b.prev = a;
+    this.counters.links++;
+    const keep = a.chain;
+    const absorbed = b.chain;
+    if (keep === absorbed) return;
+    // Keep the identity of whichever chain was emitted first.
+    const [winner, loser] = absorbed.emittedAt !== 0 && (keep.emittedAt === 0 || absorbed.emittedAt < keep.emittedAt) ? [absorbed, keep] : [keep, absorbed];
+    winner.head = keep.head;
+    for (let l: Link | null = winner.head; l; l = l.next) l.chain = winner;
+    winner.changedAt = nowMs;
+    if (loser.emitted && loser.connId !== winner.connId) {
+      this.out.push({ ...loser.emitted, version: recordVersion('superseded', 0, loser.version + 1), status: 'superseded' });
+      this.counters.reemitted++;
+    }
+    loser.dead = true;
+    this.pending.delete(loser);
+    this.pending.add(winner);
+  }
+
+  /** Ends on the endpoint's node and starts where the client's packet was first seen. */
+  private isComplete(chain: Chain): boolean {
+    let last = chain.head;
+    while (last.next) last = last.next;
+    return last.hop.deliveredLocal && this.rootIsOrigin(chain.head.hop);
+  }
+
+  /**
+   * The first hop saw the real client unless its source is another node's address and it did no
+   * DNAT: then that node translated the packet first and its hop is missing.
+   */
+  private rootIsOrigin(root: Hop): boolean {
+    if (root.ctStatus & IPS_DST_NAT) return true;
+    const owner = this.nodeOf(root.orig.src);
+    return owner === undefined || owner === root.node;
+  }
+
+  private emit(chain: Chain, nowMs: number): void {
+    this.pending.delete(chain);
+    const rec = this.toRecord(chain);
+    const first = chain.emittedAt === 0;
+    chain.version++;
+    rec.version = recordVersion(rec.status, rec.hopNodes.length, chain.version);
+    chain.emitted = rec;
+    if (first) {
+      chain.emittedAt = nowMs;
+      this.retained.push(chain);
+      this.counters.emitted++;
+    } else {
+      this.counters.reemitted++;
+    }
+    this.out.push(rec);
+  }
+
+  private toRecord(chain: Chain): ConnectionRecord {
+    const hops: Hop[] = [];
+    for (let l: Link | null = chain.head; l; l = l.next) hops.push(l.hop);
+    const root = hops[0]!;
+    const last = hops[hops.length - 1]!;
+    const reply = last.reply!;
+    const terminal = last.deliveredLocal;
+    const origin = this.rootIsOrigin(root);
+    if (chain.connId === null) chain.connId = hash64([(terminal ? last : root).id]);
+    let tsNs = root.tsNs;
+    let lastTsNs = root.tsNs;
+    let snatSeen = false;
+    for (const h of hops) {
+      if (h.tsNs < tsNs) tsNs = h.tsNs;
+      if (h.tsNs > lastTsNs) lastTsNs = h.tsNs;
+      if (h.ctStatus & IPS_SRC_NAT) snatSeen = true;
+    }
+    const client = origin ? root.orig.src : null;
+    return {
+      connId: chain.connId,
+      version: 0,
+      tsNs,
+      lastTsNs,
+      proto: root.proto,
+      family: root.family,
+      endpoint: reply.src,
+      endpointPort: reply.sport,
+      service: root.orig.dst,
+      servicePort: root.orig.dport,
+      client,
+      clientPort: origin ? root.orig.sport : 0,
+      // Where the endpoint sends its replies: the source it saw.
+      seenAs: reply.dst,
+      seenAsPort: reply.dport,
+      ingressNode: origin ? root.node : (this.nodeOf(root.orig.src) ?? ''),
+      endpointNode: terminal ? last.node : '',
+      snat: client ? !addrEqual(client, reply.dst) : snatSeen || this.nodeOf(root.orig.src) !== undefined,
+      status: terminal && origin ? 'complete' : 'unstitched',
+      hopNodes: hops.map((h) => h.node),
+      isn: root.isn,
+    };
+  }
+
+  /** Forgets emitted chains past retention (and the oldest, beyond maxChains), and old hop ids. */
+  private expire(nowMs: number): void {
+    const horizon = nowMs - this.options.retentionMs;
+    while (this.retainedHead < this.retained.length) {
+      const chain = this.retained[this.retainedHead]!;
+      const over = this.retained.length - this.retainedHead + this.pending.size > this.options.maxChains;
+      if (!chain.dead && chain.emittedAt > horizon && !over) break;
+      if (over && !chain.dead && chain.emittedAt > horizon) this.counters.evicted++;
+      this.retainedHead++;
+      if (chain.dead) continue;
+      chain.dead = true;
+      for (let l: Link | null = chain.head; l; l = l.next) {
+        remove(this.byIn, l.inKey, l);
+        remove(this.byOut, l.outKey, l);
+        this.seen.delete(l.hop.id);
+      }
+    }
+    if (this.retainedHead > 4096 && this.retainedHead * 2 > this.retained.length) {
+      this.retained = this.retained.slice(this.retainedHead);
+      this.retainedHead = 0;
+    }
+    // Duplicates of hops whose chain is still pending stay in `seen` until it expires.
+    if (this.seen.size > 2 * this.options.maxChains) {
+      for (const [id, at] of this.seen) {
+        if (at > horizon) break;
+        this.seen.delete(id);
+      }
+    }
+  }
+}
+
+const STATUS_RANK = { unstitched: 1, complete: 2, superseded: 3 } as const;
+
+/** See ConnectionRecord.version. */
+export function recordVersion(status: ConnectionRecord['status'], hops: number, emission: number): number {
+  return ((STATUS_RANK[status] << 24) | (Math.min(hops, 255) << 16) | Math.min(emission, 0xffff)) >>> 0;
+}
+
+/** The tuple of the packet a hop's node sent on: its conntrack reply tuple, reversed. */
+export function outgoing(reply: WireTuple): WireTuple {
+  return { src: reply.dst, sport: reply.dport, dst: reply.src, dport: reply.sport };
+}
+
+function push(map: Map<string, Link[]>, key: string, link: Link): void {
+  const list = map.get(key);
+  if (list) list.push(link);
+  else map.set(key, [link]);
+}
+
+function remove(map: Map<string, Link[]>, key: string, link: Link): void {
+  const list = map.get(key);
+  if (!list) return;
+  const i = list.indexOf(link);
+  if (i >= 0) list.splice(i, 1);
+  if (list.length === 0) map.delete(key);
+}
+

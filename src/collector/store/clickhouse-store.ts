@@ -1,0 +1,493 @@
+/**
+ * The collector's storage: hops, stitched connections and agent loss in ClickHouse, either embedded
+ * (chdb, one data directory per process) or on a server by URL. The same @clickhouse/client code
+ * drives both; only the insert path differs, because chdb's connection turns insert bodies into
+ * UTF-8 text, which would corrupt RowBinary.
+ */
+import { mkdir, rm, unlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
+import { ClickHouseLogLevel, createClient, type ClickHouseClient, type ClickHouseClientConfigOptions } from '@clickhouse/client';
+import type { Addr16, ConnectionRecord, Hop, LossSample } from '../hop.js';
+import { formatIPv6 } from '../../probe/ip-format.js';
+import { NatlensError } from '../../util/errors.js';
+import { RowBinaryWriter } from './row-binary.js';
+import {
+  agentLossTable,
+  ALL_TABLES,
+  columnList,
+  connectionsTable,
+  createDatabaseSql,
+  createTableSql,
+  encodeRows,
+  hopsTable,
+  isValidDatabaseName,
+  lossRows,
+  qualified,
+  structureOf,
+  ttlExpression,
+  type TableDef,
+} from './schema.js';
+
+/** A storage operation failed: the message names the operation and table, `cause` has the engine's error. */
+export class StoreError extends NatlensError {}
+
+export interface StoreOptions {
+  /** Embedded mode: chdb on this directory (created if missing). Exactly one of dataDir and url. */
+  dataDir?: string;
+  /** Server mode: ClickHouse HTTP(S) URL, e.g. http://user:password@clickhouse:8123. */
+  url?: string;
+  /** Default `natlens`. */
+  database?: string;
+  /** Rows older than this are dropped (at insert, and by merges later). Default 7. */
+  ttlDays?: number;
+  /** Server mode: per-request timeout. Default 30 s. */
+  requestTimeoutMs?: number;
+}
+
+export interface WhoQuery {
+  /** The pod address. */
+  endpoint: Addr16;
+  /** Only connections to this pod port. */
+  port?: number;
+  /** Only connections whose first hop is at or after this time (ns). */
+  sinceNs: bigint;
+}
+
+/** One group of connections to the pod that share who called, what the pod saw, and the path. */
+export interface WhoRowData {
+  /** The real caller, null when the first hop was not captured. IPv4 as a.b.c.d. */
+  client: string | null;
+  /** The source address the pod saw. */
+  seenAs: string;
+  connections: number;
+  ingressNode: string;
+  endpointNode: string;
+  snat: boolean;
+  firstSeenNs: bigint;
+  lastSeenNs: bigint;
+  protocols: string[];
+  stitched: boolean;
+}
+
+export interface WhoResult {
+  /** Most connections first. */
+  rows: WhoRowData[];
+  /** Connections in `rows` whose hops could not all be stitched. */
+  unstitched: number;
+}
+
+export interface LossSummary {
+  /** Events lost by all agents within the window. */
+  total: number;
+  byStage: Record<string, number>;
+  /** Nodes whose agents reported within the window. */
+  nodes: string[];
+}
+
+const DEFAULT_DATABASE = 'natlens';
+const DEFAULT_TTL_DAYS = 7;
+const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
+/**
+ * Readers dedupe by conn_id themselves, so collapsing duplicates inside each inserted block is
+ * wasted work: about a fifth of the engine's insert time on this machine.
+ */
+const INSERT_SETTINGS = { optimize_on_insert: 0 } as const;
+const INSERT_SETTINGS_SQL = Object.entries(INSERT_SETTINGS).map(([k, v]) => `${k} = ${v}`).join(', ');
+/** Kept writers (each holds one batch's worth of memory) for the next inserts. */
+const WRITER_POOL_SIZE = 2;
+/** A writer grown by an unusually large batch is dropped rather than kept. */
+const MAX_POOLED_WRITER_BYTES = 32 << 20;
+
+/** Text form of an IPv6 column: IPv4-mapped addresses as plain a.b.c.d (NULL stays NULL). */
+function ipText(expr: string): string {
+  const s = `toString(${expr})`;
+  // Only ::ffff:0:0/96 is printed with a dotted tail, so prefix + '.' identifies it exactly.
+  return `if(startsWith(${s}, '::ffff:') AND position(${s}, '.') > 0, substring(${s}, 8), ${s})`;
+}
+
+type Backend =
+  | { kind: 'embedded'; dataDir: string; ingestDir: string }
+  /** `url` without its password. */
+  | { kind: 'server'; url: string };
+
+interface Opened {
+  client: ClickHouseClient;
+  backend: Backend;
+}
+
+export class ClickHouseStore {
+  readonly database: string;
+  readonly #client: ClickHouseClient;
+  readonly #backend: Backend;
+  readonly #writers: RowBinaryWriter[] = [];
+  readonly #inflight = new Set<Promise<unknown>>();
+  #closed = false;
+  #fileSeq = 0;
+
+  private constructor(client: ClickHouseClient, backend: Backend, database: string) {
+    this.#client = client;
+    this.#backend = backend;
+    this.database = database;
+  }
+
+  static async open(opts: StoreOptions): Promise<ClickHouseStore> {
+    const database = opts.database ?? DEFAULT_DATABASE;
+    const ttlDays = opts.ttlDays ?? DEFAULT_TTL_DAYS;
+    if ((opts.dataDir === undefined) === (opts.url === undefined)) {
+      throw new StoreError('open store: give exactly one of dataDir (embedded chdb) or url (ClickHouse server)', { exitCode: 2 });
+    }
+    if (!isValidDatabaseName(database)) {
+      throw new StoreError(`open store: invalid database name ${JSON.stringify(database)} (letters, digits and _ only)`, { exitCode: 2 });
+    }
+    if (!Number.isInteger(ttlDays) || ttlDays < 1 || ttlDays > 36500) {
+      throw new StoreError(`open store: ttlDays must be a whole number of days >= 1, got ${ttlDays}`, { exitCode: 2 });
+    }
+    const { client, backend } = opts.dataDir !== undefined ? await openEmbedded(opts.dataDir) : await openServer(opts.url ?? '', opts.requestTimeoutMs);
+    const store = new ClickHouseStore(client, backend, database);
+    try {
+      await store.#ensureSchema(ttlDays);
+    } catch (err) {
+      await store.#client.close().catch(() => undefined);
+      throw err;
+    }
+    return store;
+  }
+
+  async insertHops(hops: Hop[]): Promise<void> {
+    await this.#insert(hopsTable, hops);
+  }
+
+  async insertConnections(c: ConnectionRecord[]): Promise<void> {
+    await this.#insert(connectionsTable, c);
+  }
+
+  async insertLoss(s: LossSample[]): Promise<void> {
+    if (s.length === 0) return;
+    await this.#insert(agentLossTable, lossRows(s));
+  }
+
+  /**
+   * Who called the pod at `endpoint`: its connections since `sinceNs`, each conn_id counted once at
+   * its highest version (none if that is 'superseded': another record holds the connection),
+   * grouped by caller, source seen by the pod, path and stitch status.
+   */
+  async who(q: WhoQuery): Promise<WhoResult> {
+    if (!(q.endpoint instanceof Uint8Array) || q.endpoint.length !== 16) throw new StoreError('who: endpoint must be a 16-byte address', { exitCode: 2 });
+    if (q.port !== undefined && (!Number.isInteger(q.port) || q.port < 0 || q.port > 65535)) throw new StoreError(`who: invalid port ${q.port}`, { exitCode: 2 });
+    const params: Record<string, unknown> = { endpoint: formatIPv6(q.endpoint, 0), since: q.sinceNs.toString() };
+    if (q.port !== undefined) params['port'] = q.port;
+    const portFilter = q.port === undefined ? '' : 'AND endpoint_port = {port:UInt16}';
+    const since = 'fromUnixTimestamp64Nano({since:Int64})';
+    const table = qualified(this.database, connectionsTable);
+    // Dedupe before filtering on time: the winning version decides the ts. A conn_id whose winner is
+    // in the window has a row in the window, so candidates come from the primary key range and only
+    // their versions are read (a conn_id keeps its endpoint): cost follows the window, not the TTL.
+    const query = `
+      SELECT
+        ${ipText('client')} AS client_text,
+        ${ipText('seen_as')} AS seen_as_text,
+        ingress_node, endpoint_node, snat, stitched,
+        toString(count()) AS connections,
+        toString(toUnixTimestamp64Nano(min(first_ts))) AS first_ns,
+        toString(toUnixTimestamp64Nano(max(last_ts))) AS last_ns,
+        arraySort(groupUniqArray(toString(proto))) AS protocols
+      FROM (
+        SELECT w.1 AS first_ts, w.2 AS last_ts, w.3 AS proto, w.4 AS endpoint_port, w.5 AS client, w.6 AS seen_as,
+               w.7 AS ingress_node, w.8 AS endpoint_node, w.9 AS snat, w.10 AS status, status = 'complete' AS stitched
+        FROM (
+          SELECT argMax((ts, last_ts, proto, endpoint_port, client, seen_as, ingress_node, endpoint_node, snat, status), version) AS w
+          FROM ${table}
+          WHERE endpoint = {endpoint:IPv6}
+            AND conn_id IN (SELECT conn_id FROM ${table} WHERE endpoint = {endpoint:IPv6} AND ts >= ${since} ${portFilter})
+          GROUP BY conn_id
+        )
+        WHERE first_ts >= ${since} ${portFilter} AND status != 'superseded'
+      )
+      GROUP BY client, seen_as, ingress_node, endpoint_node, snat, stitched
+      ORDER BY count() DESC, max(last_ts) DESC, client_text, seen_as_text`;
+    interface Raw {
+      client_text: string | null;
+      seen_as_text: string;
+      ingress_node: string;
+      endpoint_node: string;
+      snat: boolean | number;
+      stitched: boolean | number;
+      connections: string;
+      first_ns: string;
+      last_ns: string;
+      protocols: string[];
+    }
+    const raw = await this.#select<Raw>('who', connectionsTable, query, params);
+    let unstitched = 0;
+    const rows = raw.map((r): WhoRowData => {
+      const row: WhoRowData = {
+        client: r.client_text,
+        seenAs: r.seen_as_text,
+        connections: Number(r.connections),
+        ingressNode: r.ingress_node,
+        endpointNode: r.endpoint_node,
+        snat: Boolean(r.snat),
+        firstSeenNs: BigInt(r.first_ns),
+        lastSeenNs: BigInt(r.last_ns),
+        protocols: r.protocols,
+        stitched: Boolean(r.stitched),
+      };
+      if (!row.stitched) unstitched += row.connections;
+      return row;
+    });
+    return { rows, unstitched };
+  }
+
+  /**
+   * Events the agents lost since `sinceNs`. Counters are cumulative per agent_id, so the loss within
+   * the window is the last value in it minus the last value before it (0 for an agent that started
+   * within the window; a restarted agent has a new agent_id).
+   */
+  async lossSince(sinceNs: bigint): Promise<LossSummary> {
+    const table = qualified(this.database, agentLossTable);
+    const since = 'fromUnixTimestamp64Nano({since:Int64})';
+    const params = { since: sinceNs.toString() };
+    const byStageQuery = `
+      SELECT stage, toString(sum(inc)) AS lost
+      FROM (
+        SELECT agent_id, stage,
+          greatest(toInt64(maxIf(lost, ts >= ${since})) - if(countIf(ts < ${since}) > 0, toInt64(argMaxIf(lost, ts, ts < ${since})), 0), 0) AS inc
+        FROM ${table}
+        GROUP BY agent_id, stage
+        HAVING countIf(ts >= ${since}) > 0
+      )
+      WHERE stage != ''
+      GROUP BY stage
+      ORDER BY stage`;
+    const nodesQuery = `SELECT DISTINCT node FROM ${table} WHERE ts >= ${since} ORDER BY node`;
+    const [stages, nodes] = await Promise.all([
+      this.#select<{ stage: string; lost: string }>('loss', agentLossTable, byStageQuery, params),
+      this.#select<{ node: string }>('loss', agentLossTable, nodesQuery, params),
+    ]);
+    const byStage: Record<string, number> = {};
+    let total = 0;
+    for (const s of stages) {
+      const n = Number(s.lost);
+      byStage[s.stage] = n;
+      total += n;
+    }
+    return { total, byStage, nodes: nodes.map((n) => n.node) };
+  }
+
+  /** Waits for operations in progress, then releases the engine (embedded) or the sockets (server). */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await Promise.allSettled([...this.#inflight]);
+    try {
+      await this.#client.close();
+    } catch (err) {
+      throw new StoreError(`close store (${this.#describeBackend()})`, { cause: err });
+    }
+  }
+
+  // --- internals ------------------------------------------------------------------------------
+
+  #describeBackend(): string {
+    return this.#backend.kind === 'embedded' ? `data directory ${this.#backend.dataDir}` : `ClickHouse at ${this.#backend.url}`;
+  }
+
+  /** Runs `op` unless closed, and lets close() wait for it. */
+  async #track<T>(what: string, op: () => Promise<T>): Promise<T> {
+    if (this.#closed) throw new StoreError(`${what}: the store is closed`);
+    const p = op();
+    this.#inflight.add(p);
+    try {
+      return await p;
+    } finally {
+      this.#inflight.delete(p);
+    }
+  }
+
+  async #insert<R>(table: TableDef<R>, rows: readonly R[]): Promise<void> {
+    if (rows.length === 0) return;
+    const name = `${this.database}.${table.name}`;
+    await this.#track(`insert into ${name}`, async () => {
+      const w = this.#writers.pop() ?? new RowBinaryWriter(1 << 20);
+      try {
+        try {
+          encodeRows(table, rows, w);
+        } catch (err) {
+          throw new StoreError(`insert of ${rows.length} rows into ${name}: a value does not fit its column`, { cause: err });
+        }
+        try {
+          if (this.#backend.kind === 'embedded') await this.#insertViaFile(table, w.bytes(), this.#backend.ingestDir);
+          else await this.#insertViaHttp(table, w.bytes());
+        } catch (err) {
+          throw new StoreError(`insert of ${rows.length} rows into ${name} failed (${this.#describeBackend()})`, { cause: err });
+        }
+      } finally {
+        w.reset();
+        if (this.#writers.length < WRITER_POOL_SIZE && w.capacity <= MAX_POOLED_WRITER_BYTES) this.#writers.push(w);
+      }
+    });
+  }
+
+  /** chdb reads the batch from a file: its insert path would re-encode binary bodies as UTF-8. */
+  async #insertViaFile(table: TableDef<never>, bytes: Buffer, ingestDir: string): Promise<void> {
+    const file = path.join(ingestDir, `${process.pid}-${++this.#fileSeq}.rowbinary`);
+    await writeFile(file, bytes);
+    try {
+      await this.#client.command({
+        query: `INSERT INTO ${qualified(this.database, table)} ${columnList(table)} SELECT * FROM file({path:String}, 'RowBinary', {structure:String}) SETTINGS ${INSERT_SETTINGS_SQL}`,
+        query_params: { path: file, structure: structureOf(table) },
+      });
+    } finally {
+      await unlink(file).catch(() => undefined);
+    }
+  }
+
+  async #insertViaHttp(table: TableDef<never>, bytes: Buffer): Promise<void> {
+    const result = await this.#client.exec({
+      query: `INSERT INTO ${qualified(this.database, table)} ${columnList(table)} FORMAT RowBinary`,
+      values: Readable.from([bytes]),
+      clickhouse_settings: INSERT_SETTINGS,
+    });
+    // The response body is empty for an INSERT; reading it to the end frees the keep-alive socket.
+    result.stream.resume();
+    await finished(result.stream);
+  }
+
+  async #select<T>(op: string, table: TableDef<never>, query: string, params: Record<string, unknown>): Promise<T[]> {
+    return this.#track(`${op} on ${this.database}.${table.name}`, async () => {
+      try {
+        const rs = await this.#client.query({ query, query_params: params, format: 'JSONEachRow' });
+        return await rs.json<T>();
+      } catch (err) {
+        throw new StoreError(`${op}: query on ${this.database}.${table.name} failed (${this.#describeBackend()})`, { cause: err });
+      }
+    });
+  }
+
+  async #command(what: string, query: string, params?: Record<string, unknown>): Promise<void> {
+    try {
+      await this.#client.command(params === undefined ? { query } : { query, query_params: params });
+    } catch (err) {
+      throw new StoreError(`${what} failed (${this.#describeBackend()})`, { cause: err });
+    }
+  }
+
+  /**
+   * Idempotent: creates what is missing, refuses tables whose columns differ from this version's
+   * declaration, and applies a changed ttlDays to existing tables.
+   */
+  async #ensureSchema(ttlDays: number): Promise<void> {
+    const db = this.database;
+    await this.#command(`create database ${db}`, createDatabaseSql(db));
+    for (const t of ALL_TABLES) await this.#command(`create table ${db}.${t.name}`, createTableSql(db, t, ttlDays));
+
+    const columns = await this.#metaSelect<{ table: string; name: string; type: string }>(
+      `SELECT table, name, type FROM system.columns WHERE database = {db:String} ORDER BY table, position`,
+    );
+    const tables = await this.#metaSelect<{ name: string; engine_full: string }>(
+      `SELECT name, engine_full FROM system.tables WHERE database = {db:String}`,
+    );
+    for (const t of ALL_TABLES) {
+      const have = columns.filter((c) => c.table === t.name).map((c) => `${c.name} ${c.type}`);
+      const want = t.columns.map((c) => `${c.name} ${c.type}`);
+      if (have.join(', ') !== want.join(', ')) {
+        throw new StoreError(
+          `open store: table ${db}.${t.name} (${this.#describeBackend()}) has columns [${have.join(', ')}], ` +
+            `this natlens expects [${want.join(', ')}]: use another database or drop the table`,
+        );
+      }
+      const engine = tables.find((x) => x.name === t.name)?.engine_full ?? '';
+      if (!engine.includes(`toIntervalDay(${ttlDays})`)) {
+        await this.#command(`set TTL of ${db}.${t.name} to ${ttlDays} days`, `ALTER TABLE ${qualified(db, t)} MODIFY TTL ${ttlExpression(t, ttlDays)}`);
+      }
+    }
+  }
+
+  async #metaSelect<T>(query: string): Promise<T[]> {
+    try {
+      const rs = await this.#client.query({ query, query_params: { db: this.database }, format: 'JSONEachRow' });
+      return await rs.json<T>();
+    } catch (err) {
+      throw new StoreError(`open store: reading the schema of ${this.database} failed (${this.#describeBackend()})`, { cause: err });
+    }
+  }
+}
+
+async function openEmbedded(dataDirOpt: string): Promise<Opened> {
+  const dataDir = path.resolve(dataDirOpt);
+  // Batches are read back with file(), which expands glob characters in the path.
+  if (/[*?{}[\]]/.test(dataDir)) {
+    throw new StoreError(`open store: data directory ${dataDir} must not contain any of * ? { } [ ]`, { exitCode: 2 });
+  }
+  const ingestDir = path.join(dataDir, 'ingest');
+  try {
+    await mkdir(dataDir, { recursive: true });
+  } catch (err) {
+    throw new StoreError(`open store: cannot create data directory ${dataDir}`, { cause: err });
+  }
+  let chdb: typeof import('chdb/connection');
+  try {
+    // Loaded only here: the agent must never pull in the embedded engine.
+    chdb = await import('chdb/connection');
+  } catch (err) {
+    throw new StoreError('open store: embedded mode needs the chdb package, which failed to load', { cause: err });
+  }
+  let connection: ReturnType<typeof chdb.createChdbConnection>;
+  try {
+    connection = chdb.createChdbConnection({ path: dataDir });
+  } catch (err) {
+    throw new StoreError(
+      `open store: cannot open or lock data directory ${dataDir}: another natlens collector may be using it ` +
+        `(chdb allows one process per directory, and one directory per process)`,
+      { cause: err },
+    );
+  }
+  // chdb's Connection type comes from its own copy of @clickhouse/client-common; same shape.
+  const client = createClient({ connection: connection as unknown as ClickHouseClientConfigOptions['connection'] });
+  // Leftovers of a crashed process; safe to remove because the engine lock is now ours.
+  try {
+    await rm(ingestDir, { recursive: true, force: true });
+    await mkdir(ingestDir, { recursive: true });
+  } catch (err) {
+    await client.close().catch(() => undefined);
+    throw new StoreError(`open store: cannot prepare ${ingestDir}`, { cause: err });
+  }
+  return { client, backend: { kind: 'embedded', dataDir, ingestDir } };
+}
+
+/** The URL without its password, for messages. */
+function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password !== '') u.password = '***';
+    return u.toString();
+  } catch {
+    return '(invalid URL)';
+  }
+}
+
+async function openServer(url: string, requestTimeoutMs = DEFAULT_REQUEST_TIMEOUT_MS): Promise<Opened> {
+  const shown = redactUrl(url);
+  let client: ClickHouseClient;
+  try {
+    new URL(url);
+    client = createClient({
+      url,
+      request_timeout: requestTimeoutMs,
+      // Errors reach the caller as StoreErrors with context; the client's own log would repeat them.
+      log: { level: ClickHouseLogLevel.OFF },
+    });
+  } catch (err) {
+    throw new StoreError(`open store: invalid ClickHouse URL ${shown}`, { cause: err, exitCode: 2 });
+  }
+  // SELECT 1 rather than /ping: it also checks the credentials.
+  const ping = await client.ping({ select: true });
+  if (ping.success === false) {
+    const cause = ping.error;
+    await client.close().catch(() => undefined);
+    throw new StoreError(`open store: cannot reach ClickHouse at ${shown}`, { cause });
+  }
+  return { client, backend: { kind: 'server', url: shown } };
+}

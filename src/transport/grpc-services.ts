@@ -1,0 +1,237 @@
+/**
+ * grpc-js service definitions of natlens.v1 and every gRPC server/channel option, in one place.
+ *
+ * Two flavours of each service: the typed one (codec in the (de)serializers: convenient for
+ * clients and tools) and the raw one (Buffer in and out): the transport server decodes requests
+ * itself so a malformed message becomes INVALID_ARGUMENT with a message naming the problem (a
+ * throwing deserializer gives an opaque INTERNAL), and the stream client encodes itself so it can
+ * size and check batches before they go out.
+ */
+import * as grpc from '@grpc/grpc-js';
+import {
+  decodeAgentMessage,
+  decodeCollectorMessage,
+  decodeWhoRequest,
+  decodeWhoResponse,
+  encodeAgentMessage,
+  encodeCollectorMessage,
+  encodeWhoRequest,
+  encodeWhoResponse,
+} from './codec.js';
+import {
+  AgentServiceInfo,
+  QueryServiceInfo,
+  type AgentMessage,
+  type CollectorMessage,
+  type WhoRequest,
+  type WhoResponse,
+} from './proto.generated.js';
+
+export const AGENT_STREAM_PATH = AgentServiceInfo.methods.Stream.path;
+export const QUERY_WHO_PATH = QueryServiceInfo.methods.Who.path;
+
+const identity = (b: Buffer): Buffer => b;
+
+// ---------------------------------------------------------------------------------------------
+// Service definitions
+
+export interface AgentServiceDefinition extends grpc.ServiceDefinition {
+  Stream: grpc.MethodDefinition<AgentMessage, CollectorMessage>;
+}
+export interface QueryServiceDefinition extends grpc.ServiceDefinition {
+  Who: grpc.MethodDefinition<WhoRequest, WhoResponse>;
+}
+export interface AgentServiceRawDefinition extends grpc.ServiceDefinition {
+  Stream: grpc.MethodDefinition<Buffer, Buffer>;
+}
+export interface QueryServiceRawDefinition extends grpc.ServiceDefinition {
+  Who: grpc.MethodDefinition<Buffer, Buffer>;
+}
+
+/** natlens.v1.AgentService with the codec in its (de)serializers (validation included). */
+export const agentServiceDefinition: AgentServiceDefinition = {
+  Stream: {
+    path: AGENT_STREAM_PATH,
+    requestStream: true,
+    responseStream: true,
+    requestSerialize: (m: AgentMessage) => encodeAgentMessage(m),
+    requestDeserialize: (b: Buffer) => decodeAgentMessage(b),
+    responseSerialize: (m: CollectorMessage) => encodeCollectorMessage(m),
+    responseDeserialize: (b: Buffer) => decodeCollectorMessage(b),
+    originalName: 'stream',
+  },
+};
+
+/** natlens.v1.QueryService with the codec in its (de)serializers. */
+export const queryServiceDefinition: QueryServiceDefinition = {
+  Who: {
+    path: QUERY_WHO_PATH,
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: (m: WhoRequest) => encodeWhoRequest(m),
+    requestDeserialize: (b: Buffer) => decodeWhoRequest(b),
+    responseSerialize: (m: WhoResponse) => encodeWhoResponse(m),
+    responseDeserialize: (b: Buffer) => decodeWhoResponse(b),
+    originalName: 'who',
+  },
+};
+
+/** natlens.v1.AgentService on encoded messages (Buffer both ways). */
+export const agentServiceRawDefinition: AgentServiceRawDefinition = {
+  Stream: {
+    path: AGENT_STREAM_PATH,
+    requestStream: true,
+    responseStream: true,
+    requestSerialize: identity,
+    requestDeserialize: identity,
+    responseSerialize: identity,
+    responseDeserialize: identity,
+    originalName: 'stream',
+  },
+};
+
+/** natlens.v1.QueryService on encoded messages (Buffer both ways). */
+export const queryServiceRawDefinition: QueryServiceRawDefinition = {
+  Who: {
+    path: QUERY_WHO_PATH,
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: identity,
+    requestDeserialize: identity,
+    responseSerialize: identity,
+    responseDeserialize: identity,
+    originalName: 'who',
+  },
+};
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+
+export interface AgentServiceClient extends grpc.Client {
+  Stream(metadata?: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientDuplexStream<AgentMessage, CollectorMessage>;
+}
+export interface AgentServiceRawClient extends grpc.Client {
+  Stream(metadata?: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientDuplexStream<Buffer, Buffer>;
+}
+export interface QueryServiceClient extends grpc.Client {
+  Who(request: WhoRequest, callback: grpc.requestCallback<WhoResponse>): grpc.ClientUnaryCall;
+  Who(request: WhoRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<WhoResponse>): grpc.ClientUnaryCall;
+  Who(
+    request: WhoRequest,
+    metadata: grpc.Metadata,
+    options: grpc.CallOptions,
+    callback: grpc.requestCallback<WhoResponse>,
+  ): grpc.ClientUnaryCall;
+}
+
+type ClientCtor<C> = new (address: string, credentials: grpc.ChannelCredentials, options?: grpc.ChannelOptions) => C;
+
+export const AgentServiceClient = grpc.makeGenericClientConstructor(
+  agentServiceDefinition,
+  AgentServiceInfo.name,
+) as unknown as ClientCtor<AgentServiceClient>;
+export const AgentServiceRawClient = grpc.makeGenericClientConstructor(
+  agentServiceRawDefinition,
+  AgentServiceInfo.name,
+) as unknown as ClientCtor<AgentServiceRawClient>;
+export const QueryServiceClient = grpc.makeGenericClientConstructor(
+  queryServiceDefinition,
+  QueryServiceInfo.name,
+) as unknown as ClientCtor<QueryServiceClient>;
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+/** Largest gRPC message either side accepts by default (a batch of 5000 events is ~0.6 MB). */
+export const DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+
+/**
+ * HTTP/2 flow-control window for the collector's receiving side. The 64 KB default caps one agent
+ * stream near 0.9M events/s (the sender stalls whenever the collector's event loop is busy); a
+ * larger window costs up to this much buffered memory per agent connection when the collector
+ * pauses reading, so keep it modest.
+ */
+export const DEFAULT_FLOW_CONTROL_WINDOW_BYTES = 1024 * 1024;
+
+const KEEPALIVE_TIME_MS = 30_000;
+const KEEPALIVE_TIMEOUT_MS = 10_000;
+
+/** Credentials: insecure for now; TLS (grpc.credentials.createSsl / ServerCredentials.createSsl) goes here. */
+export function clientCredentials(): grpc.ChannelCredentials {
+  return grpc.credentials.createInsecure();
+}
+
+export function serverCredentials(): grpc.ServerCredentials {
+  return grpc.ServerCredentials.createInsecure();
+}
+
+export interface ServerTuning {
+  maxMessageBytes?: number;
+}
+
+export function serverOptions(t: ServerTuning = {}): grpc.ServerOptions {
+  const max = t.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+  return {
+    'grpc.max_receive_message_length': max,
+    'grpc.max_send_message_length': max,
+    // Pings find agents whose node died without closing TCP, so their streams and memory go away.
+    'grpc.keepalive_time_ms': KEEPALIVE_TIME_MS,
+    'grpc.keepalive_timeout_ms': KEEPALIVE_TIMEOUT_MS,
+  };
+}
+
+export interface ChannelTuning {
+  maxMessageBytes?: number;
+  /** Mirrors the stream client's own backoff so the channel does not reconnect faster than it. */
+  initialReconnectBackoffMs?: number;
+  maxReconnectBackoffMs?: number;
+}
+
+export function channelOptions(t: ChannelTuning = {}): grpc.ChannelOptions {
+  const max = t.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+  return {
+    'grpc.max_receive_message_length': max,
+    'grpc.max_send_message_length': max,
+    'grpc.keepalive_time_ms': KEEPALIVE_TIME_MS,
+    'grpc.keepalive_timeout_ms': KEEPALIVE_TIMEOUT_MS,
+    'grpc.keepalive_permit_without_calls': 1,
+    'grpc.initial_reconnect_backoff_ms': t.initialReconnectBackoffMs ?? 100,
+    'grpc.max_reconnect_backoff_ms': t.maxReconnectBackoffMs ?? 5_000,
+    // The only window option grpc-js has: it sizes this client's *receive* window (responses:
+    // Who answers), not what the collector grants an agent's uploads; see tuneServerFlowControl.
+    'grpc-node.flow_control_window': DEFAULT_FLOW_CONTROL_WINDOW_BYTES,
+  };
+}
+
+interface GrpcServerInternals {
+  commonServerOptions?: { settings?: Record<string, unknown> };
+  http2Servers?: Map<{ on(ev: 'session', fn: (s: unknown) => void): unknown }, unknown>;
+}
+
+/**
+ * Widens the HTTP/2 receive window of a grpc-js server: grpc-js has no option for it, so this sets
+ * the SETTINGS_INITIAL_WINDOW_SIZE it passes to http2.createServer (call before bindAsync) and
+ * returns a function to call after bindAsync that raises each new session's connection window.
+ * Best effort on grpc-js internals: returns false (and changes nothing) if they are not there.
+ */
+export function tuneServerFlowControl(server: grpc.Server, windowBytes: number): { applied: boolean; afterBind: () => void } {
+  const s = server as unknown as GrpcServerInternals;
+  const common = s.commonServerOptions;
+  if (windowBytes <= 65_535 || common === null || typeof common !== 'object') return { applied: false, afterBind: () => {} };
+  common.settings = { ...(common.settings ?? {}), initialWindowSize: windowBytes };
+  return {
+    applied: true,
+    afterBind: () => {
+      if (!(s.http2Servers instanceof Map)) return;
+      for (const h2 of s.http2Servers.keys()) {
+        h2.on('session', (session: unknown) => {
+          try {
+            (session as { setLocalWindowSize(n: number): void }).setLocalWindowSize(windowBytes);
+          } catch {
+            // Session already gone, or a Node without setLocalWindowSize: keep the default window.
+          }
+        });
+      }
+    },
+  };
+}
