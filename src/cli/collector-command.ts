@@ -64,6 +64,8 @@ export async function runCollector(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): Pr
     server = await startTransportServer({
       listen: cfg.listen, agentSink: collector, querySink: collector, collectorId: cfg.id,
       maxBatchEvents: cfg.maxBatchEvents, maxMessageBytes: cfg.maxMessageBytes,
+      // Acks wait for the store (a few hundred ms): keep enough batches in flight to cover that.
+      maxInflightBatchesPerStream: 64,
     });
   } catch (err) {
     await collector.close();

@@ -29,6 +29,8 @@ export interface CollectorOptions {
   flushIntervalMs: number;
   /** Hops buffered before accept() waits for the store (backpressure on agents). */
   maxBufferedHops: number;
+  /** Store as soon as this many hops are buffered, without waiting for the interval. Default 20,000. */
+  flushRows?: number;
   version: string;
 }
 
@@ -40,6 +42,9 @@ export class QueryError extends NatlensError {
 }
 
 const GRPC_INVALID_ARGUMENT = 3;
+/** Resends only cover what was in flight when a stream broke: a few hundred batches at most. */
+const MAX_BATCH_IDS_PER_AGENT = 20_000;
+const MAX_AGENTS_TRACKED = 10_000;
 const GRPC_UNAVAILABLE = 14;
 
 interface Waiter {
@@ -58,10 +63,11 @@ export class Collector extends EventEmitter {
   private roomWaiters: Array<() => void> = [];
   private timer: NodeJS.Timeout | undefined;
   private readonly forwarders = new Map<string, CollectorStreamClient>();
+  private readonly batchIds = new Map<string, Map<bigint, Promise<void>>>();
   private readonly queryClients = new Map<string, QueryClient>();
   private storeFailures = 0;
   private closed = false;
-  readonly counters = { batches: 0, events: 0, forwardedEvents: 0, storedHops: 0, storedConnections: 0, storeErrors: 0 };
+  readonly counters = { batches: 0, duplicateBatches: 0, events: 0, forwardedEvents: 0, storedHops: 0, storedConnections: 0, storeErrors: 0 };
 
   constructor(readonly options: CollectorOptions) {
     super();
@@ -85,9 +91,41 @@ export class Collector extends EventEmitter {
   async accept(stream: { hello: Hello; peer: string }, batch: EventBatch): Promise<void> {
     if (this.closed) throw new QueryError('collector is shutting down', GRPC_UNAVAILABLE);
     const { hello } = stream;
+    // A resend of a batch this collector stored (its ack was lost with the stream) or is storing.
+    if (batch.batchId !== 0n) {
+      const agent = this.batchesOf(hello.agentId);
+      const known = agent.get(batch.batchId);
+      if (known) {
+        this.counters.duplicateBatches++;
+        return known;
+      }
+      const storing = this.acceptNew(hello, batch);
+      agent.set(batch.batchId, storing);
+      if (agent.size > MAX_BATCH_IDS_PER_AGENT) agent.delete(agent.keys().next().value!);
+      storing.catch(() => agent.delete(batch.batchId));
+      return storing;
+    }
+    return this.acceptNew(hello, batch);
+  }
+
+  /** Batch ids seen per agent (insertion order = age), the oldest agents forgotten first. */
+  private batchesOf(agentId: string): Map<bigint, Promise<void>> {
+    let m = this.batchIds.get(agentId);
+    if (m) {
+      this.batchIds.delete(agentId); // keep recently active agents last
+    } else {
+      m = new Map();
+      if (this.batchIds.size >= MAX_AGENTS_TRACKED) this.batchIds.delete(this.batchIds.keys().next().value!);
+    }
+    this.batchIds.set(agentId, m);
+    return m;
+  }
+
+  private async acceptNew(hello: Hello, batch: EventBatch): Promise<void> {
     this.counters.batches++;
     this.counters.events += batch.events.length;
-    if (batch.loss) this.takeLoss(batch.loss, hello);
+    // A forwarding collector's own stream carries no agent's counters unless it names the node.
+    if (batch.loss && (!hello.forwardedBy || batch.loss.node)) this.takeLoss(batch.loss, hello);
     const local: HopEvent[] = [];
     const remote = new Map<string, { peer: Peer; events: HopEvent[] }>();
     const { ring } = this.options;
@@ -122,7 +160,10 @@ export class Collector extends EventEmitter {
       this.hops.push(hop);
       this.stitcher.ingest(hop, now);
     }
-    return new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }));
+    const stored = new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }));
+    // Acks wait for the store: a full buffer goes now rather than at the next tick.
+    if (this.hops.length >= (this.options.flushRows ?? 20_000)) void this.flush().catch(() => {});
+    return stored;
   }
 
   private takeLoss(report: NonNullable<EventBatch['loss']>, hello: Hello): void {
@@ -147,7 +188,13 @@ export class Collector extends EventEmitter {
 
   /** Writes buffered hops, ready connections and loss samples; acknowledges the batches they came in. */
   flush(): Promise<void> {
-    if (!this.flushing) this.flushing = this.doFlush().finally(() => { this.flushing = null; });
+    if (!this.flushing) {
+      this.flushing = this.doFlush().finally(() => {
+        this.flushing = null;
+        // What arrived during a slow insert goes at once.
+        if (this.hops.length >= (this.options.flushRows ?? 20_000)) void this.flush().catch(() => {});
+      });
+    }
     return this.flushing;
   }
 

@@ -6,9 +6,10 @@
  * the same TCP initial sequence number (kube-proxy NAT keeps it) and timestamps within a window.
  * Links are made in whatever order hops arrive; a chain is emitted as soon as it is known complete
  * (it ends on the endpoint's node and starts where the client's packet was first translated), or
- * after `holdMs` without news, as 'unstitched' with what is known and nothing guessed. Emitted
+ * after `holdMs` without news, as 'unstitched' with what is known and nothing guessed. Unstitched
  * chains stay linkable for `retentionMs`: a late hop updates the record (same connId, higher
- * version) and a chain absorbed into another is re-emitted as 'superseded'.
+ * version) and a chain absorbed into another is re-emitted as 'superseded'. Complete chains are
+ * forgotten once emitted: nothing can join them.
  */
 import { addrEqual, tupleKey } from './addr.js';
 import { hash64 } from './hop-id.js';
@@ -72,7 +73,6 @@ export interface StitcherStats {
 export class Stitcher {
   private readonly byIn = new Map<string, Link[]>();
   private readonly byOut = new Map<string, Link[]>();
-  private readonly seen = new Map<bigint, number>();
   private readonly pending = new Set<Chain>();
   /** Emitted chains in emission order (for expiry). */
   private retained: Chain[] = [];
@@ -88,16 +88,18 @@ export class Stitcher {
   /** Takes one hop (only 'conn' hops take part in stitching). `nowMs` is arrival time. */
   ingest(hop: Hop, nowMs: number): void {
     if (hop.kind !== 'conn' || !hop.reply) return;
-    if (this.seen.has(hop.id)) {
+    const inKey = tupleKey(hop.proto, hop.orig);
+    // A resent copy of a hop still indexed (its chain pending or unstitched). Resends of batches
+    // already stored are skipped before they get here (EventBatch.batch_id).
+    if (this.byIn.get(inKey)?.some((l) => l.hop.id === hop.id)) {
       this.counters.duplicates++;
       return;
     }
-    this.seen.set(hop.id, nowMs);
     this.counters.hops++;
     const link: Link = {
       hop,
-      tsMs: Number(hop.tsNs / 1_000_000n),
-      inKey: tupleKey(hop.proto, hop.orig),
+      tsMs: Number(hop.tsNs) / 1e6,
+      inKey,
       outKey: tupleKey(hop.proto, outgoing(hop.reply)),
       chain: null as unknown as Chain,
       prev: null,
@@ -193,15 +195,18 @@ export class Stitcher {
   private isComplete(chain: Chain): boolean {
     let last = chain.head;
     while (last.next) last = last.next;
-    return last.hop.deliveredLocal && this.rootIsOrigin(chain.head.hop);
+    const root = chain.head.hop;
+    if (!last.hop.deliveredLocal || !this.rootIsOrigin(root)) return false;
+    // A lone endpoint hop that did no DNAT may still be joined by the hop of the node the packet
+    // came from (a pod on another node calling a ClusterIP or a pod): it waits, up to holdMs.
+    return chain.head.next !== null || (root.ctStatus & IPS_DST_NAT) !== 0 || this.nodeOf(root.orig.src) === root.node;
   }
 
   /**
-   * The first hop saw the real client unless its source is another node's address and it did no
-   * DNAT: then that node translated the packet first and its hop is missing.
+   * The first hop saw the real client unless its source is another node's address: every node's
+   * egress is captured, so that node's own hop (its SNAT, or the packet it originated) is missing.
    */
   private rootIsOrigin(root: Hop): boolean {
-    if (root.ctStatus & IPS_DST_NAT) return true;
     const owner = this.nodeOf(root.orig.src);
     return owner === undefined || owner === root.node;
   }
@@ -215,10 +220,16 @@ export class Stitcher {
     chain.emitted = rec;
     if (first) {
       chain.emittedAt = nowMs;
-      this.retained.push(chain);
       this.counters.emitted++;
     } else {
       this.counters.reemitted++;
+    }
+    if (rec.status === 'complete') {
+      // It cannot grow (its first hop saw the client, its last the pod): forget it now.
+      this.unindex(chain);
+      chain.dead = true;
+    } else if (first) {
+      this.retained.push(chain);
     }
     this.out.push(rec);
   }
@@ -266,7 +277,16 @@ export class Stitcher {
     };
   }
 
-  /** Forgets emitted chains past retention (and the oldest, beyond maxChains), and old hop ids. */
+  private unindex(chain: Chain): void {
+    for (let l: Link | null = chain.head; l; l = l.next) {
+      if (l.inKey === '') continue;
+      remove(this.byIn, l.inKey, l);
+      remove(this.byOut, l.outKey, l);
+      l.inKey = l.outKey = '';
+    }
+  }
+
+  /** Forgets unstitched chains past retention (and the oldest, beyond maxChains). */
   private expire(nowMs: number): void {
     const horizon = nowMs - this.options.retentionMs;
     while (this.retainedHead < this.retained.length) {
@@ -277,22 +297,11 @@ export class Stitcher {
       this.retainedHead++;
       if (chain.dead) continue;
       chain.dead = true;
-      for (let l: Link | null = chain.head; l; l = l.next) {
-        remove(this.byIn, l.inKey, l);
-        remove(this.byOut, l.outKey, l);
-        this.seen.delete(l.hop.id);
-      }
+      this.unindex(chain);
     }
     if (this.retainedHead > 4096 && this.retainedHead * 2 > this.retained.length) {
       this.retained = this.retained.slice(this.retainedHead);
       this.retainedHead = 0;
-    }
-    // Duplicates of hops whose chain is still pending stay in `seen` until it expires.
-    if (this.seen.size > 2 * this.options.maxChains) {
-      for (const [id, at] of this.seen) {
-        if (at > horizon) break;
-        this.seen.delete(id);
-      }
     }
   }
 }

@@ -1,7 +1,10 @@
 /**
- * Wire codec of the natlens.v1 protocol: protobufjs does the bytes, this module converts 64-bit
- * fields between protobufjs's Long and bigint (callers only ever see bigint) and validates what
- * the contract promises (address lengths, ports, protocols, kinds, versions, batch sizes).
+ * Wire codec of the natlens.v1 protocol. Callers only ever see the generated plain types, with
+ * bigint for 64-bit fields: protobufjs (Root built from the generated descriptor) does the bytes of
+ * every message, converted Long <-> bigint here, except the hot path (EventBatch and HopEvent
+ * inside AgentMessage), which is hand-coded for speed and checked against the descriptor by the
+ * unit tests. Validation covers what the contract promises (address lengths, ports, protocols,
+ * kinds, versions, batch sizes).
  *
  * Decoding never throws anything but ProtocolError, whatever the bytes: a hostile or corrupt peer
  * costs one stream, never the process.
@@ -482,7 +485,7 @@ export function validateCollectorMessage(msg: CollectorMessage): void {
 /** Fields this hand-coded path reads and writes, as `name=number:type`; must match the descriptor. */
 export const HAND_CODED_FIELDS: Readonly<Record<string, readonly string[]>> = {
   AgentMessage: ['hello=1:Hello', 'batch=2:EventBatch'],
-  EventBatch: ['seq=1:uint64', 'events=2:repeated HopEvent', 'loss=3:LossReport'],
+  EventBatch: ['seq=1:uint64', 'events=2:repeated HopEvent', 'loss=3:LossReport', 'batchId=4:uint64'],
   HopEvent: [
     'kind=1:HopKind', 'tsNs=2:fixed64', 'ipProto=3:uint32', 'orig=4:Tuple', 'reply=5:Tuple', 'ctStatus=6:uint32',
     'tcpIsn=7:uint32', 'hasIsn=8:bool', 'ifname=9:string', 'deliveredLocal=10:bool', 'packetsOrig=11:uint64',
@@ -766,7 +769,7 @@ function readHopEvent(r: WireReader, end: number): HopEvent {
 }
 
 function readEventBatch(r: WireReader, end: number, maxEvents: number): EventBatch {
-  const b: EventBatch = { seq: 0n, events: [], loss: undefined };
+  const b: EventBatch = { seq: 0n, events: [], loss: undefined, batchId: 0n };
   for (let tag = r.tag(end); tag !== 0; tag = r.tag(end)) {
     switch (tag) {
       case 0x08:
@@ -779,6 +782,9 @@ function readEventBatch(r: WireReader, end: number, maxEvents: number): EventBat
         b.events.push(readHopEvent(r, stop));
         break;
       }
+      case 0x20:
+        b.batchId = r.varint64(end);
+        break;
       case 0x1a: {
         const stop = r.delimited(end);
         b.loss = rawDecode(lossType, lossPlan, r.buf.subarray(r.pos, stop)) as unknown as LossReport;
@@ -1006,7 +1012,7 @@ function writeBatchMessage(batch: EventBatch): Buffer {
   const events = batch.events;
   const n = events.length;
   if (sizes.length < 3 * n) sizes = new Int32Array(3 * n);
-  let batchLen = isZero64(batch.seq) ? 0 : 1 + u64Len(batch.seq);
+  let batchLen = (isZero64(batch.seq) ? 0 : 1 + u64Len(batch.seq)) + (isZero64(batch.batchId ?? 0n) ? 0 : 1 + u64Len(batch.batchId));
   for (let i = 0; i < n; i++) {
     const ev = events[i] as HopEvent;
     const o = ev.orig ? tupleLen(ev.orig) : -1;
@@ -1023,6 +1029,7 @@ function writeBatchMessage(batch: EventBatch): Buffer {
   w.buf[w.pos++] = 0x12; // AgentMessage.batch
   w.varint32(batchLen);
   w.u64(0x08, batch.seq);
+  w.u64(0x20, batch.batchId ?? 0n);
   for (let i = 0; i < n; i++) {
     const ev = events[i] as HopEvent;
     w.buf[w.pos++] = 0x12; // EventBatch.events
@@ -1081,12 +1088,6 @@ export interface EncodeOptions {
 
 export type DecodeOptions = BatchLimits;
 
-/** Anything but a ProtocolError escaping a decoder is a bug; still, callers are promised ProtocolError only. */
-function asProtocolError(err: unknown, what: string): ProtocolError {
-  if (err instanceof ProtocolError) return err;
-  return new ProtocolError(`malformed ${what}: ${err instanceof Error ? err.message : String(err)}`, { kind: 'malformed', cause: err });
-}
-
 export function encodeAgentMessage(msg: AgentMessage, opts: EncodeOptions = {}): Buffer {
   if (opts.validate !== false) validateAgentMessage(msg, {});
   try {
@@ -1106,7 +1107,10 @@ export function parseAgentMessage(buf: Uint8Array, limits: BatchLimits = {}): Ag
   try {
     return readAgentMessage(buf, limits);
   } catch (err) {
-    throw asProtocolError(err, 'AgentMessage');
+    if (err instanceof ProtocolError && err.kind !== 'malformed') throw err;
+    const why = err instanceof Error ? err.message : String(err);
+    const size = buf instanceof Uint8Array ? ` (${buf.length} bytes)` : '';
+    throw new ProtocolError(`malformed AgentMessage${size}: ${why}`, { kind: 'malformed', cause: err });
   }
 }
 

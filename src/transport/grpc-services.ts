@@ -28,6 +28,8 @@ import {
 } from './proto.generated.js';
 
 export const AGENT_STREAM_PATH = AgentServiceInfo.methods.Stream.path;
+/** Trailer naming the batch (seq) the server refused when it ends a stream; the client drops or splits that batch. */
+export const REJECTED_SEQ_TRAILER = 'natlens-rejected-seq';
 export const QUERY_WHO_PATH = QueryServiceInfo.methods.Who.path;
 
 const identity = (b: Buffer): Buffer => b;

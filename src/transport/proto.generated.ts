@@ -147,21 +147,31 @@ export function createLossReport(init: Partial<LossReport> = {}): LossReport {
 /** message natlens.v1.EventBatch */
 export interface EventBatch {
   /**
-   * Per-stream sequence number, from 1; the collector acknowledges each batch by it.
+   * Per-stream sequence number, from 1, +1 per batch; the collector acknowledges each batch by it.
    * seq = 1 (uint64)
    */
   seq: bigint;
-  /** events = 2 (repeated HopEvent) */
+  /**
+   * May be empty: a batch that only carries the latest loss counters.
+   * events = 2 (repeated HopEvent)
+   */
   events: HopEvent[];
   /**
    * The agent's latest loss counters (optional in every batch).
    * loss = 3 (LossReport)
    */
   loss?: LossReport;
+  /**
+   * Names the batch's content for the life of the agent (agent_id): unlike seq it stays the same
+   * when the batch is resent on a new stream, so a collector that already stored it skips it.
+   * 0 = not set (no batch-level deduplication).
+   * batch_id = 4 (uint64)
+   */
+  batchId: bigint;
 }
 /** New EventBatch: every always-present field at its proto3 default, overridden by init. */
 export function createEventBatch(init: Partial<EventBatch> = {}): EventBatch {
-  return { seq: 0n, events: [], ...init };
+  return { seq: 0n, events: [], batchId: 0n, ...init };
 }
 
 /** message natlens.v1.Hello */
@@ -172,7 +182,7 @@ export interface Hello {
    */
   protocolVersion: number;
   /**
-   * Kubernetes node name.
+   * Kubernetes node name. Empty only when forwarded_by is set: every event then names its node.
    * node = 2 (string)
    */
   node: string;
@@ -230,7 +240,7 @@ export interface Welcome {
   /** collector_id = 2 (string) */
   collectorId: string;
   /**
-   * Largest batch (events) the collector accepts; larger batches are rejected.
+   * Largest batch (events) the collector accepts; larger batches are rejected. 0: not announced.
    * max_batch_events = 3 (uint32)
    */
   maxBatchEvents: number;
@@ -407,7 +417,13 @@ export type ProtoMessageName = keyof ProtoMessages;
 export const AgentServiceInfo = {
   name: 'natlens.v1.AgentService',
   methods: {
-    /** The agent sends Hello first, then batches; the collector answers Welcome, then one Ack per batch. */
+    /**
+     * The agent sends Hello first, then batches; the collector answers Welcome, then one Ack per batch
+     * once it is stored, in the order batches are stored (not necessarily seq order). Delivery is
+     * at-least-once: unacked batches are resent on the next stream, so the collector dedupes events
+     * by identity. A stream the collector ends for a batch it refuses carries that batch's seq in the
+     * trailer natlens-rejected-seq (INVALID_ARGUMENT: drop it; RESOURCE_EXHAUSTED: split it).
+     */
     Stream: {
       path: '/natlens.v1.AgentService/Stream',
       requestType: 'AgentMessage',
@@ -577,6 +593,11 @@ export const PROTO_DESCRIPTOR = {
                 "loss": {
                   "type": "LossReport",
                   "id": 3
+                },
+                "batchId": {
+                  "type": "uint64",
+                  "id": 4,
+                  "protoName": "batch_id"
                 }
               }
             },

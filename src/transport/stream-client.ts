@@ -22,13 +22,11 @@ import {
 import {
   AgentServiceRawClient,
   DEFAULT_MAX_MESSAGE_BYTES,
+  REJECTED_SEQ_TRAILER,
   channelOptions,
   clientCredentials,
 } from './grpc-services.js';
 import type { Hello, HopEvent, LossReport } from './proto.generated.js';
-
-/** Trailer the server sets to name the batch it refused (see stream-server.ts). */
-const REJECTED_SEQ_TRAILER = 'natlens-rejected-seq';
 
 export interface LossCounters {
   /** Cumulative events lost per stage since the agent started. */
@@ -89,6 +87,8 @@ interface Completion {
 }
 
 interface Batch {
+  /** Stable across resends (EventBatch.batch_id): lets the collector skip a batch it already stored. */
+  id: bigint;
   events: HopEvent[];
   /** Set for send() batches: settled when every part is acked. */
   done?: Completion;
@@ -104,9 +104,16 @@ interface Stream {
   welcomeTimer: NodeJS.Timeout | undefined;
 }
 
+let lastBatchId = 0n;
+/** Batch ids only need to be unique per client (per agent_id); a process-wide counter is. */
+function nextBatchId(): bigint {
+  return ++lastBatchId;
+}
+
 function splitBatch(b: Batch, size: number): Batch[] {
   const parts: Batch[] = [];
-  for (let i = 0; i < b.events.length; i += size) parts.push({ events: b.events.slice(i, i + size), done: b.done });
+  // The refused batch was not stored: its parts are new batches.
+  for (let i = 0; i < b.events.length; i += size) parts.push({ id: nextBatchId(), events: b.events.slice(i, i + size), done: b.done });
   if (b.done) b.done.remaining += parts.length - 1;
   return parts;
 }
@@ -144,7 +151,7 @@ export class CollectorStreamClient extends EventEmitter {
   private closing = false;
   private closed = false;
   private drainWaiters: Array<() => void> = [];
-  private pushed = 0n;
+  private pushed = 0;
   /** The client's loss counts in the last LossReport encoded. */
   private lossSent = { overflow: 0, invalid: 0, rejected: 0 };
   private counters = { ackedBatches: 0, ackedEvents: 0, sentBatches: 0, overflow: 0, invalid: 0, rejected: 0, reconnects: 0 };
@@ -234,7 +241,7 @@ export class CollectorStreamClient extends EventEmitter {
     if (events.length === 0) return Promise.resolve();
     this.closeOpenBatch(false); // keeps push()ed events ahead of these
     return new Promise<void>((resolve, reject) => {
-      const batch: Batch = { events: events.slice(), done: { remaining: 1, resolve, reject } };
+      const batch: Batch = { id: nextBatchId(), events: events.slice(), done: { remaining: 1, resolve, reject } };
       this.pending.push(batch);
       this.pendingEvents += batch.events.length;
       this.pump();
@@ -250,7 +257,7 @@ export class CollectorStreamClient extends EventEmitter {
     const c = this.counters;
     const sent = this.lossSent;
     if (this.pending.length === 0 && (c.overflow !== sent.overflow || c.invalid !== sent.invalid || c.rejected !== sent.rejected)) {
-      this.pending.push({ events: [] });
+      this.pending.push({ id: nextBatchId(), events: [] });
     }
     this.pump();
   }
@@ -323,14 +330,14 @@ export class CollectorStreamClient extends EventEmitter {
     if (this.open.length === 0) return;
     const events = this.open;
     this.open = [];
-    this.pending.push({ events });
+    this.pending.push({ id: nextBatchId(), events });
     this.pendingEvents += events.length;
     if (pump) this.pump();
   }
 
   private lossReport(): LossReport {
     const lost: Record<string, bigint> = {};
-    let captured = this.pushed;
+    let captured = BigInt(this.pushed);
     if (this.lossProvider) {
       try {
         const l = this.lossProvider();
@@ -364,7 +371,7 @@ export class CollectorStreamClient extends EventEmitter {
       let buf: Buffer;
       try {
         // Events were validated on the way in.
-        buf = encodeAgentMessage({ batch: { seq, events: batch.events, loss: this.lossReport() } }, { validate: false });
+        buf = encodeAgentMessage({ batch: { seq, events: batch.events, loss: this.lossReport(), batchId: batch.id } }, { validate: false });
       } catch (err) {
         this.pending.shift();
         this.pendingEvents -= batch.events.length;

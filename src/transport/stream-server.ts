@@ -24,6 +24,7 @@ import {
 import {
   DEFAULT_FLOW_CONTROL_WINDOW_BYTES,
   DEFAULT_MAX_MESSAGE_BYTES,
+  REJECTED_SEQ_TRAILER,
   agentServiceRawDefinition,
   queryServiceRawDefinition,
   serverCredentials,
@@ -32,8 +33,7 @@ import {
 } from './grpc-services.js';
 import type { EventBatch, Hello, WhoRequest, WhoResponse } from './proto.generated.js';
 
-/** Trailer naming the batch (seq) that made the server end a stream; the client drops or splits it. */
-export const REJECTED_SEQ_TRAILER = 'natlens-rejected-seq';
+export { REJECTED_SEQ_TRAILER };
 
 export interface AgentStream {
   hello: Hello;
@@ -103,6 +103,12 @@ function protocolStatus(err: ProtocolError): grpc.status {
   return grpc.status.INVALID_ARGUMENT;
 }
 
+/** The `grpcCode` an error carries (a valid non-OK grpc.status), if any. */
+function grpcCodeOf(err: unknown): grpc.status | undefined {
+  const code = (err as { grpcCode?: unknown } | null)?.grpcCode;
+  return typeof code === 'number' && Number.isInteger(code) && code > 0 && code <= 16 ? (code as grpc.status) : undefined;
+}
+
 interface StreamState {
   /** Stop reading, let in-flight sink calls finish (bounded), then end with UNAVAILABLE. */
   shutdown(deadline: number): Promise<void>;
@@ -126,6 +132,10 @@ export async function startTransportServer(opts: TransportServerOptions): Promis
   const welcome = encodeCollectorMessage({ welcome: { protocolVersion: PROTOCOL_VERSION, collectorId, maxBatchEvents } });
 
   function handleStream(call: grpc.ServerDuplexStream<Buffer, Buffer>): void {
+    if (closing) {
+      call.emit('error', statusError(grpc.status.UNAVAILABLE, 'collector shutting down'));
+      return;
+    }
     const peer = call.getPeer();
     let info: AgentStream | undefined;
     let expectedSeq = 1n;
@@ -224,7 +234,8 @@ export async function startTransportServer(opts: TransportServerOptions): Promis
           settled();
         },
         (err: unknown) => {
-          end(statusError(grpc.status.UNAVAILABLE, `collector could not store batch ${seq}: ${describeError(err)}`));
+          const code = grpcCodeOf(err) ?? grpc.status.UNAVAILABLE;
+          end(statusError(code, `collector could not store batch ${seq}: ${describeError(err)}`));
           settled();
         },
       );
@@ -242,14 +253,18 @@ export async function startTransportServer(opts: TransportServerOptions): Promis
         end(statusError(protocolStatus(pe), info ? pe.message : `first message must be a Hello: ${pe.message}`, md));
         return;
       }
+      if (!info && msg.hello === undefined) {
+        const got = msg.batch !== undefined ? 'a batch' : 'an empty message';
+        end(statusError(grpc.status.FAILED_PRECONDITION, `first message must be a Hello, got ${got}`));
+        return;
+      }
       try {
         validateAgentMessage(msg, { maxBatchEvents });
       } catch (err) {
         const pe = err instanceof ProtocolError ? err : new ProtocolError(describeError(err), { cause: err });
         const md = new grpc.Metadata();
         if (msg.batch !== undefined && info) md.set(REJECTED_SEQ_TRAILER, String(msg.batch.seq));
-        const prefix = !info && msg.hello === undefined ? 'first message must be a Hello: ' : '';
-        end(statusError(protocolStatus(pe), prefix + pe.message, md));
+        end(statusError(protocolStatus(pe), pe.message, md));
         return;
       }
       if (msg.hello !== undefined) {
@@ -267,11 +282,7 @@ export async function startTransportServer(opts: TransportServerOptions): Promis
         }
         return;
       }
-      if (!info) {
-        end(statusError(grpc.status.FAILED_PRECONDITION, 'first message must be a Hello, got a batch'));
-        return;
-      }
-      onBatch(msg.batch as EventBatch, info);
+      if (info) onBatch(msg.batch as EventBatch, info);
     });
     call.on('end', () => {
       halfClosed = true;
@@ -319,9 +330,7 @@ export async function startTransportServer(opts: TransportServerOptions): Promis
         callback(null, buf);
       },
       (err: unknown) => {
-        const code = (err as { grpcCode?: unknown } | null)?.grpcCode;
-        const valid = typeof code === 'number' && Number.isInteger(code) && code > 0 && code <= 16;
-        callback(statusError(valid ? (code as grpc.status) : grpc.status.INTERNAL, describeError(err)));
+        callback(statusError(grpcCodeOf(err) ?? grpc.status.INTERNAL, describeError(err)));
       },
     );
   }

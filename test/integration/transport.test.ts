@@ -3,7 +3,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ProtocolError, encodeAgentMessage, decodeCollectorMessage } from '../../src/transport/codec.js';
-import { AgentServiceRawClient, QueryServiceClient, clientCredentials } from '../../src/transport/grpc-services.js';
+import { AgentServiceRawClient, QueryServiceClient, agentServiceRawDefinition, clientCredentials } from '../../src/transport/grpc-services.js';
 import {
   HopKind,
   createHopEvent,
@@ -287,6 +287,31 @@ describe('transport: agent stream', () => {
     expect(sink.seen.has(4)).toBe(true);
     expect(fwd.stats().rejectedEvents).toBe(1);
     await expect(fwd.send([createHopEvent({ kind: HopKind.CONN, ipProto: 1 })])).rejects.toThrow(/ip_proto/);
+  });
+
+  it('invalid pushed events are dropped and counted, with an error event; a silent collector times out the Welcome', async () => {
+    const sink = new RecordingSink();
+    const srv = await server({ agentSink: sink });
+    const c = client(srv.port);
+    const errors: Error[] = [];
+    c.on('error', (e: Error) => errors.push(e));
+    c.push(createHopEvent({ kind: HopKind.CONN, ipProto: 6 })); // no tuples
+    c.push(event(1));
+    c.flush();
+    await waitFor(() => c.stats().ackedEvents === 1, 5000, 'valid event acked');
+    expect(c.stats().rejectedEvents).toBe(1);
+    expect(errors[0]?.message).toMatch(/event\.orig: missing/);
+    await waitFor(() => sink.losses.some((l) => l.lost.invalid_event === 1n), 5000, 'invalid_event reported');
+
+    // A server that accepts the stream and never answers.
+    const mute = new grpc.Server();
+    mute.addService(agentServiceRawDefinition, { Stream: () => {} });
+    const port = await new Promise<number>((resolve, reject) => mute.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+    cleanups.push(() => mute.forceShutdown());
+    const m = client(port, { welcomeTimeoutMs: 200 });
+    const reason = await new Promise<string>((resolve) => m.once('disconnected', (r: string) => resolve(r)));
+    expect(reason).toMatch(/no Welcome within 200 ms/);
+    expect(m.stats().connected).toBe(false);
   });
 
   it('close() rejects pending send()s and reports what was never acked', async () => {

@@ -20,7 +20,7 @@ if (skip) console.warn(`test/integration/who-scale.test.ts: skipped: ${skip}`);
 
 const CHURN_SOURCES = ['198.51.100.80', '198.51.100.81', '198.51.100.82', '198.51.100.83'];
 // Unequal shares: a misattribution would move connections between clients and show in the counts.
-const CHURN_CONNS = [300, 600, 900, 1200];
+const CHURN_CONNS = [200, 400, 600, 800];
 
 const rowsOf = (w: WhoJson) => w.rows.map((r) => ({ client: r.client, seen_as: r.seen_as, connections: r.connections, ingress_node: r.ingress_node, endpoint_node: r.endpoint_node, snat: r.snat }))
   .sort((a, b) => `${a.client}${a.seen_as}${a.ingress_node}`.localeCompare(`${b.client}${b.seen_as}${b.ingress_node}`));
@@ -113,15 +113,18 @@ describe.skipIf(!!skip)('who with two collectors behind one address, under churn
     const podIp = churnPod.ips.find((a) => !a.includes(':'))!;
     const node2 = state.nodes.find((n) => n.name === 'node2')!;
     const node2Ip = node2.internalIPs.find((a) => !a.includes(':'))!;
-    // Extra client addresses, a tiny port range (ports reused within seconds) and short TIME_WAIT.
+    // Extra client addresses sharing one small port range: their connections collide on node2's SNAT
+    // address and, with conntrack's TIME_WAIT cut to 1 s there, the same SNAT ports (wire tuples) recur.
     await ipBatch(state.client.netns, CHURN_SOURCES.map((a) => `addr add ${a}/24 dev eth0`));
-    await sysctl(state.client.netns, { 'net.ipv4.ip_local_port_range': '20000 20149', 'net.ipv4.tcp_tw_reuse': 1 });
+    await sysctl(state.client.netns, { 'net.ipv4.ip_local_port_range': '20000 20999', 'net.ipv4.tcp_tw_reuse': 1 });
     for (const n of state.nodes) await sysctl(n.netns, { 'net.netfilter.nf_conntrack_tcp_timeout_time_wait': 1 });
     const runs = await Promise.all(CHURN_SOURCES.map((src, i) => nsRun(state.client.netns, LOAD_BIN, [
       'client', '--target', `${node2Ip}:30090`, '--source', src, '--concurrency', '8', '--duration-s', '20', '--max-conns', String(CHURN_CONNS[i]), '--json',
     ], { timeoutMs: 40_000 })));
-    const made = runs.map((r) => (JSON.parse(r.stdout.trim().split('\n').pop()!) as { connections: number }).connections);
-    made.forEach((n, i) => expect(n, `client ${CHURN_SOURCES[i]} completed connections`).toBeGreaterThan(CHURN_CONNS[i]! * 0.9));
+    const results = runs.map((r) => JSON.parse(r.stdout.trim().split('\n').pop()!) as { connections: number; failed: number });
+    // Every attempt got through: who counts connections, the load tool counts answered ones.
+    results.forEach((r, i) => expect(r, `client ${CHURN_SOURCES[i]}`).toMatchObject({ connections: CHURN_CONNS[i], failed: 0 }));
+    const made = results.map((r) => r.connections);
     const total = made.reduce((a, b) => a + b, 0);
     const deadline = Date.now() + 15_000;
     let w: WhoJson;

@@ -28,7 +28,7 @@ describe('natlens CLI', () => {
     [['agent', '--stdout', '--ring-kb', 'abc'], "--ring-kb: 'abc' must be a whole number"],
     [['agent', '--stdout', '--drain', 'soon'], "--drain: 'soon' is not a duration"],
     [['agent', '--stdout', '--mode', 'xdp'], "argument 'xdp' is invalid"],
-    [['agent'], 'choose an output: --stdout'],
+    [['agent'], 'choose one output: --collector HOST:PORT or --stdout'],
     [['agnt'], "unknown command 'agnt'"],
     [['lab', 'patch', 'nodeport', '--external-traffic-policy', 'Sometimes'], 'Sometimes'],
   ])('rejects %j with exit 2 and a message naming the problem', (args, message) => {

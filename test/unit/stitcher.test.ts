@@ -71,6 +71,8 @@ describe('stitcher', () => {
   it('joins ClusterIP traffic from a pod on another node (DNAT only)', () => {
     const s = new Stitcher(nodeOf, opts);
     s.ingest(hop('node1', tuple(BB2, 5000, POD, 8080), tuple(POD, 8080, BB2, 5000), { deliveredLocal: true }), 0);
+    // The endpoint's hop alone (no NAT, from another host) waits for the hop it came from.
+    expect(s.tick(1)).toEqual([]);
     s.ingest(hop('node2', tuple(BB2, 5000, '10.0.170.92', 80), tuple(POD, 8080, BB2, 5000), { ctStatus: DNAT }), 1);
     expect(s.tick(2).map(view)).toEqual([{
       client: BB2, seenAs: BB2, endpoint: `${POD}:8080`, ingress: 'node2', endpointNode: 'node1', snat: false, status: 'complete', hops: ['node2', 'node1'],
@@ -123,6 +125,18 @@ describe('stitcher', () => {
     expect(ids).toEqual(new Set([complete[0]!.connId, superseded[0]!.connId]));
     const supersededPartial = partials.find((r) => r.connId === superseded[0]!.connId)!;
     expect(superseded[0]!.version).toBeGreaterThan(supersededPartial.version);
+  });
+
+  it('does not take a DNAT hop whose source is another node for the origin: waits for that node\'s hop', () => {
+    const s = new Stitcher(nodeOf, opts);
+    const h3 = hop('node3', tuple(C, 1000, '10.0.170.92', 80), tuple('10.0.170.92', 80, N3, 2000), { ctStatus: SNAT, isn: 9 });
+    const h2 = hop('node2', tuple(N3, 2000, '10.0.170.92', 80), tuple(POD, 8080, N3, 2000), { ctStatus: DNAT, isn: 9 });
+    const h1 = hop('node1', tuple(N3, 2000, POD, 8080), tuple(POD, 8080, N3, 2000), { isn: 9, deliveredLocal: true });
+    s.ingest(h2, 0);
+    s.ingest(h1, 0);
+    expect(s.tick(500)).toEqual([]);
+    s.ingest(h3, 600);
+    expect(s.tick(601).map(view)).toEqual([{ client: C, seenAs: N3, endpoint: `${POD}:8080`, ingress: 'node3', endpointNode: 'node1', snat: true, status: 'complete', hops: ['node3', 'node2', 'node1'] }]);
   });
 
   it('ignores duplicates of a hop (resent after a reconnect)', () => {

@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
+import protobuf from 'protobufjs';
 import {
+  HAND_CODED_FIELDS,
   PROTOCOL_VERSION,
   ProtocolError,
   decodeAgentMessage,
@@ -12,6 +14,7 @@ import {
   encodeMessage,
   encodeWhoRequest,
   encodeWhoResponse,
+  parseAgentMessage,
   protoRoot,
 } from '../../src/transport/codec.js';
 import {
@@ -49,7 +52,7 @@ function conn(over: Partial<HopEvent> = {}): HopEvent {
 const hello = createHello({ protocolVersion: 1, node: 'node-a', agentId: 'agent-1', version: '0.1.0', nodeAddresses: [v4(10, 240, 0, 3), v6(3)] });
 
 function batchMsg(events: HopEvent[], seq = 1n): AgentMessage {
-  return { batch: { seq, events, loss: { lost: { ringbuf_full: 3n }, captured: 10n, node: '', agentId: '' } } };
+  return { batch: { seq, events, loss: { lost: { ringbuf_full: 3n }, captured: 10n, node: '', agentId: '' }, batchId: 42n } };
 }
 
 /** Plain arrays of the byte fields so toEqual compares content, not Buffer vs Uint8Array. */
@@ -153,6 +156,87 @@ describe('transport codec round trips', () => {
   });
 });
 
+describe('hand-coded hot path (AgentMessage, EventBatch, HopEvent, Tuple)', () => {
+  it('covers exactly the fields the descriptor declares', () => {
+    for (const [name, fields] of Object.entries(HAND_CODED_FIELDS)) {
+      const t = protoRoot.lookupType(`natlens.v1.${name}`);
+      const declared = t.fieldsArray.map((f) => `${f.name}=${f.id}:${f.repeated ? 'repeated ' : ''}${f.type}`);
+      expect(declared, `natlens.v1.${name} changed: update the hand-coded path in codec.ts`).toEqual(fields);
+    }
+  });
+
+  let seed = 12345;
+  const rnd = (n: number) => {
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    return seed % n;
+  };
+  const bytes = (n: number) => Uint8Array.from({ length: n }, () => rnd(256));
+  const u64 = (): bigint => [0n, 1n, 127n, 128n, 300n, 0xffffffffn, 0x100000000n, (1n << 53n) + 1n, (1n << 63n) + 7n, (1n << 64n) - 1n][rnd(10)]!;
+  const u32 = () => [0, 1, 127, 128, 16384, 0x7fffffff, 0xffffffff][rnd(7)]!;
+  const str = () => ['', 'eth0', 'veth1a2b3c', 'naïve-ünïcode', 'x'.repeat(70), '节点'][rnd(6)]!;
+  function randomEvent(): HopEvent {
+    const fam = rnd(2) ? 4 : 16;
+    const t = (): Tuple => ({ src: bytes(fam), dst: bytes(fam), sport: rnd(65536), dport: rnd(65536) });
+    const kind = ([HopKind.CONN, HopKind.DROP, HopKind.END] as HopKind[])[rnd(3)]!;
+    return createHopEvent({
+      kind,
+      tsNs: u64(),
+      ipProto: rnd(2) ? 6 : 17,
+      orig: t(),
+      reply: kind === HopKind.DROP && rnd(2) ? undefined : t(),
+      ctStatus: u32(),
+      tcpIsn: u32(),
+      hasIsn: rnd(2) === 1,
+      ifname: str(),
+      deliveredLocal: rnd(2) === 1,
+      packetsOrig: u64(),
+      bytesOrig: u64(),
+      packetsReply: u64(),
+      bytesReply: u64(),
+      node: str(),
+    });
+  }
+
+  it('agrees with protobufjs both ways on 300 random batches', () => {
+    for (let i = 0; i < 300; i++) {
+      const events = Array.from({ length: rnd(8) }, randomEvent);
+      const msg: AgentMessage = { batch: { seq: u64() || 1n, events, loss: rnd(2) ? { lost: { a: u64(), b: 0n }, captured: u64(), node: str(), agentId: str() } : undefined, batchId: u64() } };
+      const fast = encodeAgentMessage(msg);
+      const viaPbjs = decodeMessage('AgentMessage', fast);
+      expect(norm(viaPbjs)).toEqual(norm(msg));
+      const pbjsBytes = encodeMessage('AgentMessage', msg);
+      expect(norm(decodeAgentMessage(pbjsBytes))).toEqual(norm(msg));
+      expect(fast.length).toBe(pbjsBytes.length);
+    }
+  });
+
+  it('skips fields it does not know (a newer peer) and keeps the rest', () => {
+    const ev = conn();
+    const W = protobuf.Writer;
+    const known = encodeMessage('HopEvent', ev);
+    const withUnknown = Buffer.concat([
+      known,
+      Buffer.from([0xa0, 0x06, 0x05]), // field 100, varint 5
+      Buffer.from([0xaa, 0x06, 0x02, 0x61, 0x62]), // field 101, 2 bytes
+      Buffer.from([0xb5, 0x06, 1, 2, 3, 4]), // field 102, fixed32
+      Buffer.from([0xb9, 0x06, 1, 2, 3, 4, 5, 6, 7, 8]), // field 103, fixed64
+    ]);
+    const batch = W.create().uint32(0x08).uint64(9).uint32(0x12).bytes(withUnknown).uint32(0xf8).uint32(1).finish(); // + field 31, varint
+    const msg = W.create().uint32(0x12).bytes(batch).finish();
+    const back = decodeAgentMessage(msg);
+    expect(back.batch!.seq).toBe(9n);
+    expect(norm(back.batch!.events[0])).toEqual(norm(ev));
+  });
+
+  it('decoded addresses are copies, not views pinning the received message', () => {
+    const buf = encodeAgentMessage(batchMsg([conn()]));
+    const back = parseAgentMessage(buf);
+    const src = back.batch!.events[0]!.orig!.src;
+    expect(src.buffer).not.toBe(buf.buffer);
+    expect(Array.from(src)).toEqual([198, 51, 100, 79]);
+  });
+});
+
 describe('transport codec validation', () => {
   const decodeEvents = (events: HopEvent[], opts = {}) =>
     decodeAgentMessage(encodeAgentMessage(batchMsg(events), { validate: false }), opts);
@@ -193,7 +277,7 @@ describe('transport codec validation', () => {
 
   it('batch larger than the configured maximum', () => {
     const events = Array.from({ length: 11 }, () => conn());
-    expectProtocolError(() => decodeEvents(events, { maxBatchEvents: 10 }), /batch\.events: batch of 11 events exceeds the maximum of 10/, 'too_large');
+    expectProtocolError(() => decodeEvents(events, { maxBatchEvents: 10 }), /batch\.events: batch of 11 or more events exceeds the maximum of 10/, 'too_large');
     expect(decodeEvents(events, { maxBatchEvents: 11 }).batch!.events).toHaveLength(11);
   });
 
@@ -211,9 +295,10 @@ describe('transport codec validation', () => {
   });
 
   it('encoding rejects values the wire cannot carry', () => {
-    expectProtocolError(() => encodeAgentMessage(batchMsg([conn({ tsNs: -1n })])), /events\[0\]\.tsNs: -1n is out of range/);
-    expectProtocolError(() => encodeAgentMessage(batchMsg([conn({ tsNs: 1n << 64n })])), /out of range for a unsigned|out of range/);
-    expectProtocolError(() => encodeAgentMessage(batchMsg([conn({ tsNs: 1.5 as unknown as bigint })])), /expected a 64-bit integer/);
+    expectProtocolError(() => encodeAgentMessage(batchMsg([conn({ tsNs: -1n })])), /batch\.events\[0\]\.ts_ns: expected a uint64 \(bigint\), got -1n/);
+    expectProtocolError(() => encodeAgentMessage(batchMsg([conn({ tsNs: 1n << 64n })])), /ts_ns: expected a uint64/);
+    expectProtocolError(() => encodeAgentMessage(batchMsg([conn({ bytesReply: 1.5 as unknown as bigint })])), /bytes_reply: expected a uint64/);
+    expectProtocolError(() => encodeMessage('Ack', { seq: -1n }), /Ack\.seq: -1n is out of range for an unsigned 64-bit field/);
     expectProtocolError(() => encodeAgentMessage(batchMsg([conn({ ctStatus: -1 })])), /ct_status: expected a uint32/);
   });
 
