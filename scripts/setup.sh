@@ -35,7 +35,18 @@ fi
 # npm ci only when the lock file changed since the last install.
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   log "installing npm packages (npm ci)"
-  npm ci --no-audit --no-fund --loglevel=error >/dev/null
+  if ! npm ci --no-audit --no-fund --loglevel=error >/dev/null 2>/tmp/natlens-npm-ci.log; then
+    # chdb lists prebuilt engines for other platforms as optional packages; a registry that lacks
+    # them leaves them out of the lock file, and npm ci then refuses the lock. npm install skips
+    # missing optional packages and installs the rest at the locked versions.
+    if grep -q 'Missing: @chdb/' /tmp/natlens-npm-ci.log; then
+      log "npm ci: this registry lacks chdb's other-platform packages; installing with npm install"
+      npm install --no-audit --no-fund --loglevel=error >/dev/null
+    else
+      cat /tmp/natlens-npm-ci.log >&2
+      exit 1
+    fi
+  fi
 fi
 
 bash scripts/build.sh

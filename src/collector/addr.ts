@@ -1,6 +1,7 @@
 /** 16-byte addresses (IPv6, or IPv4 mapped into ::ffff:0:0/96): the form hops are stitched and stored in. */
 import { isIP } from 'node:net';
 import type { Addr16, WireTuple } from './hop.js';
+import { formatIPv4, formatIPv6 } from '../probe/ip-format.js';
 
 const V4_MAPPED_PREFIX = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
 
@@ -22,22 +23,7 @@ export function toAddr16(raw: Uint8Array): Addr16 {
 
 /** Text form: dotted quad for IPv4-mapped, RFC 5952 for IPv6. */
 export function formatAddr(a: Addr16): string {
-  if (isV4Mapped(a)) return `${a[12]}.${a[13]}.${a[14]}.${a[15]}`;
-  const groups: number[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push((a[i]! << 8) | a[i + 1]!);
-  // Longest run (>= 2) of zero groups becomes '::'.
-  let bestStart = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) { i++; continue; }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen) { bestStart = i; bestLen = j - i; }
-    i = j;
-  }
-  const hex = groups.map((g) => g.toString(16));
-  if (bestStart < 0) return hex.join(':');
-  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLen).join(':')}`;
+  return isV4Mapped(a) ? formatIPv4(a, 12) : formatIPv6(a, 0);
 }
 
 /** Parses an IPv4 or IPv6 literal into 16 bytes; null if it is not one. */
