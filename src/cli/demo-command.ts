@@ -1,5 +1,5 @@
 /**
- * natlens demo: the "Using Source IP" tutorial on a lab cluster, with the kernel's evidence next to
+ * natlens demo: the "Using Source IP" tutorial on a lab cluster, `natlens who` next to
  * what the echo server saw. Everything it creates is removed at the end, also on failure.
  */
 import type { Command } from 'commander';
@@ -161,12 +161,12 @@ export async function runDemo(opts: { proxyMode: ProxyMode; out?: (line: string)
       answered += ok;
       const res = await pipeline.who(podIp, Date.now() - stepStart + 500, ok);
       out(`   $ natlens who ${podIp} --since ${Math.ceil((Date.now() - stepStart) / 1000) + 1}s`);
-      for (const line of formatWho(res).trimEnd().split('\n').slice(1)) out(`   ${line}`);
+      for (const line of formatWho(res).trimEnd().split('\n').slice(1)) out(line ? `   ${line}` : '');
     }
     const total = await pipeline.who(podIp, Date.now() - demoStart + 1000, answered);
     out('');
     out(`The whole demo: $ natlens who ${podIp}`);
-    for (const line of formatWho(total).trimEnd().split('\n').slice(1)) out(`   ${line}`);
+    for (const line of formatWho(total).trimEnd().split('\n').slice(1)) out(line ? `   ${line}` : '');
     out('');
     out('CLIENT is who really called; SEEN AS is what the pod saw. Under Cluster policy the pod sees a node,');
     out('and natlens joins that node\'s record with the pod node\'s (same tuple, same TCP ISN) to name the client.');
