@@ -3,7 +3,7 @@ import { Collector } from '../collector/collector.js';
 import { PeerRing } from '../collector/peer-ring.js';
 import { ClickHouseStore } from '../collector/store/clickhouse-store.js';
 import { COLLECTOR_SETTINGS, resolveConfig, type ConfigOf } from '../config.js';
-import { startTransportServer } from '../transport/stream-server.js';
+import { startTransportServer, type TransportServer } from '../transport/stream-server.js';
 import { UsageError } from '../util/errors.js';
 import { NATLENS_VERSION } from '../util/paths.js';
 
@@ -49,7 +49,17 @@ const status = (event: string, fields: Record<string, unknown> = {}): void => {
   process.stderr.write(`${JSON.stringify({ event, ...fields, ts: new Date().toISOString() })}\n`);
 };
 
-export async function runCollector(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): Promise<void> {
+export interface CollectorService {
+  collector: Collector;
+  store: ClickHouseStore;
+  server: TransportServer;
+  ring: PeerRing;
+  /** Stops taking streams, stores what is held, closes the store. */
+  close(): Promise<void>;
+}
+
+/** Store + collector + gRPC server from one configuration: `natlens collector` and the demo. */
+export async function startCollectorService(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): Promise<CollectorService> {
   if (!cfg.data === !cfg.clickhouseUrl) throw new UsageError('collector: give exactly one store: --data DIR (embedded) or --clickhouse-url URL');
   const ring = new PeerRing(cfg.id, PeerRing.parsePeers(cfg.peers));
   const store = await ClickHouseStore.open({ dataDir: cfg.data, url: cfg.clickhouseUrl, database: cfg.database, ttlDays: cfg.ttlDays });
@@ -57,9 +67,8 @@ export async function runCollector(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): Pr
     ring, store, version: NATLENS_VERSION, flushIntervalMs: cfg.flushMs, maxBufferedHops: 500_000,
     stitcher: { holdMs: cfg.holdMs, windowMs: cfg.windowMs, retentionMs: cfg.retentionMs, maxChains: 2_000_000 },
   });
-  collector.on('warn', (msg: string) => status('warn', { msg }));
   collector.start();
-  let server: Awaited<ReturnType<typeof startTransportServer>>;
+  let server: TransportServer;
   try {
     server = await startTransportServer({
       listen: cfg.listen, agentSink: collector, querySink: collector, collectorId: cfg.id,
@@ -72,6 +81,20 @@ export async function runCollector(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): Pr
     await store.close();
     throw err;
   }
+  return {
+    collector, store, server, ring,
+    async close() {
+      await server.close();
+      await collector.close();
+      await store.close();
+    },
+  };
+}
+
+export async function runCollector(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): Promise<void> {
+  const service = await startCollectorService(cfg);
+  const { collector, server, ring } = service;
+  collector.on('warn', (msg: string) => status('warn', { msg }));
   status('listening', { address: cfg.listen, port: server.port, id: cfg.id, store: cfg.data ? { embedded: cfg.data } : { url: redact(cfg.clickhouseUrl!) }, peers: ring.peers.map((p) => p.id) });
   const statsTimer = setInterval(() => status('stats', collector.stats()), 10_000);
   statsTimer.unref();
@@ -84,9 +107,7 @@ export async function runCollector(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): Pr
     process.once('SIGINT', () => stop('SIGINT'));
   });
   clearInterval(statsTimer);
-  await server.close();
-  await collector.close();
-  await store.close();
+  await service.close();
   status('stopped', collector.stats());
 }
 

@@ -9,15 +9,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent } from '../agent/agent.js';
 import { CollectorOutput } from '../agent/collector-output.js';
-import { Collector } from '../collector/collector.js';
-import { PeerRing } from '../collector/peer-ring.js';
-import { ClickHouseStore } from '../collector/store/clickhouse-store.js';
 import { AGENT_SETTINGS, COLLECTOR_SETTINGS, resolveConfig } from '../config.js';
 import { labCurl, labDown, labPatch, labUp, type LabState, type ProxyMode } from '../lab/lab.js';
 import type { WhoResponse } from '../transport/proto.generated.js';
 import { QueryClient } from '../transport/query-client.js';
-import { startTransportServer, type TransportServer } from '../transport/stream-server.js';
-import { NATLENS_VERSION } from '../util/paths.js';
+import { startCollectorService, type CollectorService } from './collector-command.js';
 import { formatWho } from './who-command.js';
 
 const PREFIX = 'nldemo';
@@ -68,23 +64,16 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 /** The demo's natlens: an embedded-store collector and one agent per lab node, in this process. */
 class DemoPipeline {
   private readonly outputs: CollectorOutput[] = [];
-  private server: TransportServer | undefined;
-  private collector: Collector | undefined;
-  private store: ClickHouseStore | undefined;
+  private service: CollectorService | undefined;
   readonly dataDir = mkdtempSync(join(tmpdir(), 'natlens-demo-'));
   address = '';
 
   async start(state: LabState, out: (line: string) => void): Promise<void> {
-    this.store = await ClickHouseStore.open({ dataDir: this.dataDir });
-    const cfg = resolveConfig(COLLECTOR_SETTINGS, {}, {});
-    this.collector = new Collector({
-      ring: new PeerRing('c1', []), store: this.store, version: NATLENS_VERSION, flushIntervalMs: 200, maxBufferedHops: 500_000,
-      stitcher: { holdMs: 1000, windowMs: cfg.windowMs, retentionMs: cfg.retentionMs, maxChains: 1_000_000 },
-    });
-    this.collector.on('warn', (w: string) => out(`  collector: warning: ${w}`));
-    this.collector.start();
-    this.server = await startTransportServer({ listen: '127.0.0.1:0', agentSink: this.collector, querySink: this.collector, collectorId: 'c1' });
-    this.address = `127.0.0.1:${this.server.port}`;
+    // The collector's defaults, on loopback and a short hold: each step's answer is shown at once.
+    const cfg = resolveConfig(COLLECTOR_SETTINGS, { listen: '127.0.0.1:0', data: this.dataDir, holdMs: '1s', flushMs: '200ms' }, {});
+    this.service = await startCollectorService(cfg);
+    this.service.collector.on('warn', (w: string) => out(`  collector: warning: ${w}`));
+    this.address = `127.0.0.1:${this.service.server.port}`;
     out(`  collector: listening on ${this.address}, embedded ClickHouse in ${this.dataDir}`);
     const agentCfg = { ...resolveConfig(AGENT_SETTINGS, {}, process.env), dropAfterMs: 700 };
     for (const node of state.nodes) {
@@ -114,9 +103,7 @@ class DemoPipeline {
 
   async stop(): Promise<void> {
     await Promise.allSettled(this.outputs.map((o) => o.stop(3000)));
-    await this.server?.close();
-    await this.collector?.close();
-    await this.store?.close();
+    await this.service?.close();
     rmSync(this.dataDir, { recursive: true, force: true });
   }
 }

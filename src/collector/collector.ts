@@ -5,7 +5,7 @@
  * an agent can then forget it. Stitched connections are derived from stored hops.
  */
 import { EventEmitter } from 'node:events';
-import { addrKey, formatAddr, parseAddr } from './addr.js';
+import { addrKey, formatAddr, toAddr16 } from './addr.js';
 import { endpointOf, hopFromEvent } from './hop-from-event.js';
 import type { Hop, LossSample } from './hop.js';
 import { PeerRing, type Peer } from './peer-ring.js';
@@ -47,16 +47,12 @@ const MAX_BATCH_IDS_PER_AGENT = 20_000;
 const MAX_AGENTS_TRACKED = 10_000;
 const GRPC_UNAVAILABLE = 14;
 
-interface Waiter {
-  resolve: () => void;
-  reject: (e: Error) => void;
-}
-
 export class Collector extends EventEmitter {
   readonly stitcher: Stitcher;
   private readonly nodeAddresses = new Map<string, string>();
   private hops: Hop[] = [];
-  private waiters: Waiter[] = [];
+  /** Resolves the accept() of each batch whose hops are in `hops`, once they are stored. */
+  private waiters: Array<() => void> = [];
   private readonly loss = new Map<string, LossSample>();
   private pendingConnections: ReturnType<Stitcher['tick']> = [];
   private flushing: Promise<void> | null = null;
@@ -85,7 +81,7 @@ export class Collector extends EventEmitter {
   // ---- ingest (AgentSink) ----
 
   streamOpened(hello: Hello): void {
-    for (const a of hello.nodeAddresses) this.nodeAddresses.set(addrKey(toAddr16Safe(a)), hello.node);
+    for (const a of hello.nodeAddresses) this.nodeAddresses.set(addrKey(toAddr16(a)), hello.node);
   }
 
   async accept(stream: { hello: Hello; peer: string }, batch: EventBatch): Promise<void> {
@@ -160,7 +156,7 @@ export class Collector extends EventEmitter {
       this.hops.push(hop);
       this.stitcher.ingest(hop, now);
     }
-    const stored = new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }));
+    const stored = new Promise<void>((resolve) => this.waiters.push(resolve));
     // Acks wait for the store: a full buffer goes now rather than at the next tick.
     if (this.hops.length >= (this.options.flushRows ?? 20_000)) void this.flush().catch(() => {});
     return stored;
@@ -217,11 +213,11 @@ export class Collector extends EventEmitter {
       this.hops = hops.concat(this.hops);
       this.waiters = waiters.concat(this.waiters);
       this.pendingConnections = connections.concat(this.pendingConnections);
-      for (const s of loss) if (!this.loss.has(s.agentId)) this.loss.set(s.agentId, s);
+      this.keepLoss(loss);
       this.storeFailed(err as Error);
       return;
     }
-    for (const w of waiters) w.resolve();
+    for (const w of waiters) w();
     this.wakeRoom();
     try {
       if (connections.length) await store.insertConnections(connections);
@@ -230,9 +226,14 @@ export class Collector extends EventEmitter {
       this.storeFailures = 0;
     } catch (err) {
       this.pendingConnections = connections.concat(this.pendingConnections);
-      for (const s of loss) if (!this.loss.has(s.agentId)) this.loss.set(s.agentId, s);
+      this.keepLoss(loss);
       this.storeFailed(err as Error);
     }
+  }
+
+  /** Puts back loss samples that were not stored, unless a newer one arrived meanwhile. */
+  private keepLoss(samples: LossSample[]): void {
+    for (const s of samples) if (!this.loss.has(s.agentId)) this.loss.set(s.agentId, s);
   }
 
   private storeFailed(err: Error): void {
@@ -327,8 +328,4 @@ function mergeCompleteness(parts: Completeness[]): Completeness {
     collectors.push(...p.collectors);
   }
   return createCompleteness({ eventsLost, lostByStage, unstitched, nodesReporting: [...nodes].sort(), collectors });
-}
-
-function toAddr16Safe(a: Uint8Array): Uint8Array {
-  return a.length === 16 ? a : (parseAddr(`${a[0]}.${a[1]}.${a[2]}.${a[3]}`) ?? a);
 }

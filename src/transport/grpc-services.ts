@@ -1,45 +1,24 @@
 /**
  * grpc-js service definitions of natlens.v1 and every gRPC server/channel option, in one place.
  *
- * Two flavours of each service: the typed one (codec in the (de)serializers: convenient for
- * clients and tools) and the raw one (Buffer in and out): the transport server decodes requests
+ * The agent stream is defined on raw Buffers both ways: the transport server decodes requests
  * itself so a malformed message becomes INVALID_ARGUMENT with a message naming the problem (a
  * throwing deserializer gives an opaque INTERNAL), and the stream client encodes itself so it can
- * size and check batches before they go out.
+ * size and check batches before they go out. The query service has a typed flavour (codec in the
+ * (de)serializers) for clients and a raw one for the server, for the same reason.
  */
 import * as grpc from '@grpc/grpc-js';
-import {
-  decodeAgentMessage,
-  decodeCollectorMessage,
-  decodeWhoRequest,
-  decodeWhoResponse,
-  encodeAgentMessage,
-  encodeCollectorMessage,
-  encodeWhoRequest,
-  encodeWhoResponse,
-} from './codec.js';
-import {
-  AgentServiceInfo,
-  QueryServiceInfo,
-  type AgentMessage,
-  type CollectorMessage,
-  type WhoRequest,
-  type WhoResponse,
-} from './proto.generated.js';
+import { decodeWhoRequest, decodeWhoResponse, encodeWhoRequest, encodeWhoResponse } from './codec.js';
+import { AgentServiceInfo, QueryServiceInfo, type WhoRequest, type WhoResponse } from './proto.generated.js';
 
 export const AGENT_STREAM_PATH = AgentServiceInfo.methods.Stream.path;
 /** Trailer naming the batch (seq) the server refused when it ends a stream; the client drops or splits that batch. */
 export const REJECTED_SEQ_TRAILER = 'natlens-rejected-seq';
 export const QUERY_WHO_PATH = QueryServiceInfo.methods.Who.path;
 
-const identity = (b: Buffer): Buffer => b;
-
 // ---------------------------------------------------------------------------------------------
 // Service definitions
 
-export interface AgentServiceDefinition extends grpc.ServiceDefinition {
-  Stream: grpc.MethodDefinition<AgentMessage, CollectorMessage>;
-}
 export interface QueryServiceDefinition extends grpc.ServiceDefinition {
   Who: grpc.MethodDefinition<WhoRequest, WhoResponse>;
 }
@@ -50,68 +29,31 @@ export interface QueryServiceRawDefinition extends grpc.ServiceDefinition {
   Who: grpc.MethodDefinition<Buffer, Buffer>;
 }
 
-/** natlens.v1.AgentService with the codec in its (de)serializers (validation included). */
-export const agentServiceDefinition: AgentServiceDefinition = {
-  Stream: {
-    path: AGENT_STREAM_PATH,
-    requestStream: true,
-    responseStream: true,
-    requestSerialize: (m: AgentMessage) => encodeAgentMessage(m),
-    requestDeserialize: (b: Buffer) => decodeAgentMessage(b),
-    responseSerialize: (m: CollectorMessage) => encodeCollectorMessage(m),
-    responseDeserialize: (b: Buffer) => decodeCollectorMessage(b),
-    originalName: 'stream',
-  },
-};
+const AGENT_STREAM = { path: AGENT_STREAM_PATH, requestStream: true, responseStream: true, originalName: 'stream' } as const;
+const QUERY_WHO = { path: QUERY_WHO_PATH, requestStream: false, responseStream: false, originalName: 'who' } as const;
+const identity = (b: Buffer): Buffer => b;
+const RAW = { requestSerialize: identity, requestDeserialize: identity, responseSerialize: identity, responseDeserialize: identity };
 
 /** natlens.v1.QueryService with the codec in its (de)serializers. */
 export const queryServiceDefinition: QueryServiceDefinition = {
   Who: {
-    path: QUERY_WHO_PATH,
-    requestStream: false,
-    responseStream: false,
+    ...QUERY_WHO,
     requestSerialize: (m: WhoRequest) => encodeWhoRequest(m),
     requestDeserialize: (b: Buffer) => decodeWhoRequest(b),
     responseSerialize: (m: WhoResponse) => encodeWhoResponse(m),
     responseDeserialize: (b: Buffer) => decodeWhoResponse(b),
-    originalName: 'who',
   },
 };
 
 /** natlens.v1.AgentService on encoded messages (Buffer both ways). */
-export const agentServiceRawDefinition: AgentServiceRawDefinition = {
-  Stream: {
-    path: AGENT_STREAM_PATH,
-    requestStream: true,
-    responseStream: true,
-    requestSerialize: identity,
-    requestDeserialize: identity,
-    responseSerialize: identity,
-    responseDeserialize: identity,
-    originalName: 'stream',
-  },
-};
+export const agentServiceRawDefinition: AgentServiceRawDefinition = { Stream: { ...AGENT_STREAM, ...RAW } };
 
 /** natlens.v1.QueryService on encoded messages (Buffer both ways). */
-export const queryServiceRawDefinition: QueryServiceRawDefinition = {
-  Who: {
-    path: QUERY_WHO_PATH,
-    requestStream: false,
-    responseStream: false,
-    requestSerialize: identity,
-    requestDeserialize: identity,
-    responseSerialize: identity,
-    responseDeserialize: identity,
-    originalName: 'who',
-  },
-};
+export const queryServiceRawDefinition: QueryServiceRawDefinition = { Who: { ...QUERY_WHO, ...RAW } };
 
 // ---------------------------------------------------------------------------------------------
 // Clients
 
-export interface AgentServiceClient extends grpc.Client {
-  Stream(metadata?: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientDuplexStream<AgentMessage, CollectorMessage>;
-}
 export interface AgentServiceRawClient extends grpc.Client {
   Stream(metadata?: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientDuplexStream<Buffer, Buffer>;
 }
@@ -128,10 +70,6 @@ export interface QueryServiceClient extends grpc.Client {
 
 type ClientCtor<C> = new (address: string, credentials: grpc.ChannelCredentials, options?: grpc.ChannelOptions) => C;
 
-export const AgentServiceClient = grpc.makeGenericClientConstructor(
-  agentServiceDefinition,
-  AgentServiceInfo.name,
-) as unknown as ClientCtor<AgentServiceClient>;
 export const AgentServiceRawClient = grpc.makeGenericClientConstructor(
   agentServiceRawDefinition,
   AgentServiceInfo.name,

@@ -9,11 +9,8 @@ import { labAddPods, labAddService, labCurl, labDown, labUp, requireLabState, ty
 import { ipBatch, nsRun, sysctl } from '../../src/lab/exec.js';
 import { LOAD_BIN } from '../../src/util/paths.js';
 import { skipReason } from './support/requirements.js';
-import { natlens, startAgents, who, type NatlensProcess, type WhoJson } from './support/processes.js';
+import { startAgents, startCollector, who, type NatlensProcess, type RunningCollector, type WhoJson } from './support/processes.js';
 import { TcpBalancer, freePorts } from './support/tcp-balancer.js';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 
 const skip = skipReason();
 if (skip) console.warn(`test/integration/who-scale.test.ts: skipped: ${skip}`);
@@ -28,8 +25,7 @@ const rowsOf = (w: WhoJson) => w.rows.map((r) => ({ client: r.client, seen_as: r
 describe.skipIf(!!skip)('who with two collectors behind one address, under churn', () => {
   const prefix = `ws${process.pid % 100000}`;
   let state: LabState;
-  const collectors: NatlensProcess[] = [];
-  const dataDirs: string[] = [];
+  let collectors: RunningCollector[] = [];
   let agents: NatlensProcess[] = [];
   let balancer: TcpBalancer | undefined;
   let address = '';
@@ -44,12 +40,10 @@ describe.skipIf(!!skip)('who with two collectors behind one address, under churn
 
     const ports = await freePorts(2);
     peers = ports.map((p, i) => `c${i + 1}=127.0.0.1:${p}`);
-    for (const [i, port] of ports.entries()) {
-      const dir = mkdtempSync(join(tmpdir(), 'natlens-collector-'));
-      dataDirs.push(dir);
-      collectors.push(natlens(`collector c${i + 1}`, ['collector', '--id', `c${i + 1}`, '--listen', `127.0.0.1:${port}`, '--peers', peers.join(','), '--data', dir, '--hold', '1s']));
-    }
-    await Promise.all(collectors.map((c) => c.waitStatus('listening', 60_000)));
+    const started = await Promise.allSettled(ports.map((port, i) => startCollector(['--id', `c${i + 1}`, '--peers', peers.join(',')], `127.0.0.1:${port}`)));
+    // Keep whichever started, so that afterAll stops it even if the other failed.
+    collectors = started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    for (const r of started) if (r.status === 'rejected') throw r.reason;
     balancer = new TcpBalancer(ports.map((p) => `127.0.0.1:${p}`));
     address = await balancer.start();
     agents = await startAgents(state.nodes.map((n) => ({ name: n.name, netnsPath: n.netnsPath })), address);
@@ -60,7 +54,6 @@ describe.skipIf(!!skip)('who with two collectors behind one address, under churn
     await Promise.all(collectors.map((c) => c.stop()));
     await balancer?.stop();
     await labDown({ prefix });
-    for (const d of dataDirs) rmSync(d, { recursive: true, force: true });
   }, 60_000);
 
   it('spreads the agents over both collectors', () => {
