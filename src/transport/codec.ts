@@ -20,6 +20,7 @@ import {
   type AgentMessage,
   type CollectorMessage,
   type EventBatch,
+  type HealthCheckReading,
   type Hello,
   type HopEvent,
   type LossReport,
@@ -352,17 +353,19 @@ function tupleProblem(t: Tuple, which: string): Problem | undefined {
   );
 }
 
+const HOP_KIND_NAMES: Readonly<Record<number, string>> = { 1: 'CONN', 2: 'DROP', 3: 'END', 4: 'PROXY' };
+
 function hopEventProblem(ev: HopEvent): Problem | undefined {
   if (ev === null || typeof ev !== 'object') return { field: '', message: `expected a HopEvent, got ${show(ev)}` };
   const kind = ev.kind as unknown;
   if (typeof kind !== 'number' || !isHopKind(kind)) return { field: 'kind', message: `unknown HopKind ${show(kind)}` };
-  if (kind === HopKind.UNSPECIFIED) return { field: 'kind', message: 'HopKind is UNSPECIFIED (0): must be CONN, DROP or END' };
+  if (kind === HopKind.UNSPECIFIED) return { field: 'kind', message: 'HopKind is UNSPECIFIED (0): must be CONN, DROP, END or PROXY' };
   if (ev.ipProto !== 6 && ev.ipProto !== 17) return { field: 'ip_proto', message: `must be 6 (TCP) or 17 (UDP), got ${show(ev.ipProto)}` };
   if (ev.orig === undefined || ev.orig === null) return { field: 'orig', message: 'missing (every hop has its original tuple)' };
   const o = tupleProblem(ev.orig, 'orig');
   if (o) return o;
   if (ev.reply === undefined || ev.reply === null) {
-    if (kind !== HopKind.DROP) return { field: 'reply', message: `missing (required on ${kind === HopKind.CONN ? 'CONN' : 'END'} hops)` };
+    if (kind !== HopKind.DROP) return { field: 'reply', message: `missing (required on ${HOP_KIND_NAMES[kind]} hops)` };
   } else {
     const r = tupleProblem(ev.reply, 'reply');
     if (r) return r;
@@ -376,6 +379,11 @@ function hopEventProblem(ev: HopEvent): Problem | undefined {
   if (!isUint64(ev.bytesOrig)) return { field: 'bytes_orig', message: `expected a uint64 (bigint), got ${show(ev.bytesOrig)}` };
   if (!isUint64(ev.packetsReply)) return { field: 'packets_reply', message: `expected a uint64 (bigint), got ${show(ev.packetsReply)}` };
   if (!isUint64(ev.bytesReply)) return { field: 'bytes_reply', message: `expected a uint64 (bigint), got ${show(ev.bytesReply)}` };
+  const pv = ev.proxyVersion ?? 0;
+  if (kind === HopKind.PROXY ? pv !== 1 && pv !== 2 : pv !== 0) {
+    return { field: 'proxy_version', message: kind === HopKind.PROXY ? `must be 1 or 2 on PROXY hops, got ${show(pv)}` : `set on a ${HOP_KIND_NAMES[kind]} hop (only PROXY hops carry it)` };
+  }
+  if (kind === HopKind.PROXY && ev.ipProto !== 6) return { field: 'ip_proto', message: 'PROXY hops are TCP (6)' };
   return undefined;
 }
 
@@ -445,6 +453,21 @@ export function validateEventBatch(b: EventBatch, limits: BatchLimits = {}, path
     if (p) raise(`${path}.events[${i}]`, p);
   }
   if (b.loss !== undefined && b.loss !== null) checkLoss(b.loss, `${path}.loss`);
+  const readings = b.healthChecks ?? [];
+  if (!Array.isArray(readings)) throw invalid(`${path}.health_checks`, `expected an array, got ${show(readings)}`);
+  readings.forEach((h, i) => checkHealthCheck(h, `${path}.health_checks[${i}]`));
+}
+
+function checkHealthCheck(h: HealthCheckReading, path: string): void {
+  if (h === null || typeof h !== 'object') throw invalid(path, `expected a HealthCheckReading, got ${show(h)}`);
+  if (!isUint64(h.tsNs)) throw invalid(`${path}.ts_ns`, `expected a uint64, got ${show(h.tsNs)}`);
+  if (typeof h.namespace !== 'string' || h.namespace === '') throw invalid(`${path}.namespace`, 'missing Service namespace');
+  if (typeof h.service !== 'string' || h.service === '') throw invalid(`${path}.service`, 'missing Service name');
+  if (!isUint32(h.port) || h.port < 1 || h.port > 65535) throw invalid(`${path}.port`, `must be a port (1-65535), got ${show(h.port)}`);
+  if (!isUint32(h.statusCode) || h.statusCode > 999) throw invalid(`${path}.status_code`, `must be an HTTP status or 0, got ${show(h.statusCode)}`);
+  if (!Number.isInteger(h.localEndpoints) || h.localEndpoints < -1) throw invalid(`${path}.local_endpoints`, `must be -1 or more, got ${show(h.localEndpoints)}`);
+  if (typeof h.error !== 'string' || h.error.length > 1024) throw invalid(`${path}.error`, 'expected a string of at most 1024 characters');
+  if (typeof h.node !== 'string') throw invalid(`${path}.node`, `expected a string, got ${show(h.node)}`);
 }
 
 /** Throws ProtocolError unless msg is exactly one valid Hello or EventBatch (within limits). */
@@ -485,11 +508,12 @@ export function validateCollectorMessage(msg: CollectorMessage): void {
 /** Fields this hand-coded path reads and writes, as `name=number:type`; must match the descriptor. */
 export const HAND_CODED_FIELDS: Readonly<Record<string, readonly string[]>> = {
   AgentMessage: ['hello=1:Hello', 'batch=2:EventBatch'],
-  EventBatch: ['seq=1:uint64', 'events=2:repeated HopEvent', 'loss=3:LossReport', 'batchId=4:uint64'],
+  EventBatch: ['seq=1:uint64', 'events=2:repeated HopEvent', 'loss=3:LossReport', 'batchId=4:uint64', 'healthChecks=5:repeated HealthCheckReading'],
   HopEvent: [
     'kind=1:HopKind', 'tsNs=2:fixed64', 'ipProto=3:uint32', 'orig=4:Tuple', 'reply=5:Tuple', 'ctStatus=6:uint32',
     'tcpIsn=7:uint32', 'hasIsn=8:bool', 'ifname=9:string', 'deliveredLocal=10:bool', 'packetsOrig=11:uint64',
     'bytesOrig=12:uint64', 'packetsReply=13:uint64', 'bytesReply=14:uint64', 'node=15:string',
+    'proxyVersion=16:uint32',
   ],
   Tuple: ['src=1:bytes', 'dst=2:bytes', 'sport=3:uint32', 'dport=4:uint32'],
 };
@@ -498,6 +522,10 @@ const helloType = typeOf('Hello');
 const helloPlan = planOf(helloType);
 const lossType = typeOf('LossReport');
 const lossPlan = planOf(lossType);
+const healthType = typeOf('HealthCheckReading');
+const healthPlan = planOf(healthType);
+/** Readings per batch: an agent takes a few per Service per interval; more is hostile. */
+export const MAX_HEALTH_CHECKS_PER_BATCH = 10_000;
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
 const EMPTY_BUFFER = Buffer.alloc(0);
 
@@ -709,6 +737,7 @@ function readHopEvent(r: WireReader, end: number): HopEvent {
     packetsReply: 0n,
     bytesReply: 0n,
     node: '',
+    proxyVersion: 0,
   };
   for (let tag = r.tag(end); tag !== 0; tag = r.tag(end)) {
     switch (tag) {
@@ -761,6 +790,9 @@ function readHopEvent(r: WireReader, end: number): HopEvent {
       case 0x7a:
         ev.node = r.string(end);
         break;
+      case 0x80: // field 16, varint: the tag's varint is 0x80 0x01 = 128
+        ev.proxyVersion = r.varint32(end);
+        break;
       default:
         r.skip(tag & 7, end);
     }
@@ -769,7 +801,7 @@ function readHopEvent(r: WireReader, end: number): HopEvent {
 }
 
 function readEventBatch(r: WireReader, end: number, maxEvents: number): EventBatch {
-  const b: EventBatch = { seq: 0n, events: [], loss: undefined, batchId: 0n };
+  const b: EventBatch = { seq: 0n, events: [], loss: undefined, batchId: 0n, healthChecks: [] };
   for (let tag = r.tag(end); tag !== 0; tag = r.tag(end)) {
     switch (tag) {
       case 0x08:
@@ -788,6 +820,15 @@ function readEventBatch(r: WireReader, end: number, maxEvents: number): EventBat
       case 0x1a: {
         const stop = r.delimited(end);
         b.loss = rawDecode(lossType, lossPlan, r.buf.subarray(r.pos, stop)) as unknown as LossReport;
+        r.pos = stop;
+        break;
+      }
+      case 0x2a: {
+        if (b.healthChecks.length >= MAX_HEALTH_CHECKS_PER_BATCH) {
+          throw new ProtocolError(`more than ${MAX_HEALTH_CHECKS_PER_BATCH} health-check readings in one batch`, { field: 'batch.health_checks', kind: 'too_large', batchSeq: b.seq > 0n ? b.seq : undefined });
+        }
+        const stop = r.delimited(end);
+        b.healthChecks.push(rawDecode(healthType, healthPlan, r.buf.subarray(r.pos, stop)) as unknown as HealthCheckReading);
         r.pos = stop;
         break;
       }
@@ -920,6 +961,7 @@ function hopEventLen(ev: HopEvent, origLen: number, replyLen: number): number {
     const l = utf8Of(ev.node).length;
     n += 1 + varint32Len(l) + l;
   }
+  if (ev.proxyVersion) n += 2 + varint32Len(ev.proxyVersion);
   return n;
 }
 
@@ -1025,6 +1067,9 @@ function writeBatchMessage(batch: EventBatch): Buffer {
   }
   const loss = batch.loss ? rawEncode(lossType, lossPlan, batch.loss, 'batch.loss') : EMPTY_BUFFER;
   if (batch.loss) batchLen += 1 + varint32Len(loss.length) + loss.length;
+  const readings = batch.healthChecks ?? [];
+  const health = readings.map((h, i) => rawEncode(healthType, healthPlan, h, `batch.health_checks[${i}]`));
+  for (const h of health) batchLen += 1 + varint32Len(h.length) + h.length;
   const w = new WireWriter(Buffer.allocUnsafe(1 + varint32Len(batchLen) + batchLen));
   w.buf[w.pos++] = 0x12; // AgentMessage.batch
   w.varint32(batchLen);
@@ -1068,11 +1113,21 @@ function writeBatchMessage(batch: EventBatch): Buffer {
     w.u64(0x68, ev.packetsReply);
     w.u64(0x70, ev.bytesReply);
     w.string(0x7a, ev.node);
+    if (ev.proxyVersion) {
+      w.buf[w.pos++] = 0x80;
+      w.buf[w.pos++] = 0x01;
+      w.varint32(ev.proxyVersion);
+    }
   }
   if (batch.loss) {
     w.buf[w.pos++] = 0x1a;
     w.varint32(loss.length);
     w.raw(loss);
+  }
+  for (const h of health) {
+    w.buf[w.pos++] = 0x2a;
+    w.varint32(h.length);
+    w.raw(h);
   }
   if (w.pos !== w.buf.length) throw new Error(`codec bug: wrote ${w.pos} of ${w.buf.length} bytes`);
   return w.buf;

@@ -17,9 +17,15 @@ export const HopKind = {
   DROP: 2,
   /** A connection's conntrack entry was destroyed: final packet/byte counters. */
   END: 3,
+  /**
+   * A PROXY protocol (v1 or v2) header opened a TCP connection to a pod on this node.
+   * orig: the connection as the pod sees it (src = the proxy, or the node that SNAT'd it; dst = the pod).
+   * reply: the connection the header describes (src = the real client, dst = the address it connected to).
+   */
+  PROXY: 4,
 } as const;
 export type HopKind = (typeof HopKind)[keyof typeof HopKind];
-const hopKindValues: ReadonlySet<number> = new Set([0, 1, 2, 3]);
+const hopKindValues: ReadonlySet<number> = new Set([0, 1, 2, 3, 4]);
 /** True when v is a value HopKind declares (proto3 enums are open: decoders may see others). */
 export function isHopKind(v: number): v is HopKind {
   return hopKindValues.has(v);
@@ -112,10 +118,64 @@ export interface HopEvent {
    * node = 15 (string)
    */
   node: string;
+  /**
+   * PROXY hops: the header's version, 1 (text) or 2 (binary).
+   * proxy_version = 16 (uint32)
+   */
+  proxyVersion: number;
 }
 /** New HopEvent: every always-present field at its proto3 default, overridden by init. */
 export function createHopEvent(init: Partial<HopEvent> = {}): HopEvent {
-  return { kind: 0, tsNs: 0n, ipProto: 0, ctStatus: 0, tcpIsn: 0, hasIsn: false, ifname: '', deliveredLocal: false, packetsOrig: 0n, bytesOrig: 0n, packetsReply: 0n, bytesReply: 0n, node: '', ...init };
+  return { kind: 0, tsNs: 0n, ipProto: 0, ctStatus: 0, tcpIsn: 0, hasIsn: false, ifname: '', deliveredLocal: false, packetsOrig: 0n, bytesOrig: 0n, packetsReply: 0n, bytesReply: 0n, node: '', proxyVersion: 0, ...init };
+}
+
+/**
+ * What a node's health-check node port answered (the agent asks it as a cloud load balancer
+ * would: GET http://<node>:<healthCheckNodePort>/healthz).
+ * message natlens.v1.HealthCheckReading
+ */
+export interface HealthCheckReading {
+  /**
+   * CLOCK_REALTIME, nanoseconds since the Unix epoch.
+   * ts_ns = 1 (fixed64)
+   */
+  tsNs: bigint;
+  /**
+   * The Service the port belongs to.
+   * namespace = 2 (string)
+   */
+  namespace: string;
+  /** service = 3 (string) */
+  service: string;
+  /**
+   * spec.healthCheckNodePort.
+   * port = 4 (uint32)
+   */
+  port: number;
+  /**
+   * HTTP status (200: local endpoints, 503: none); 0 when nothing answered (see error).
+   * status_code = 5 (uint32)
+   */
+  statusCode: number;
+  /**
+   * localEndpoints from kube-proxy's JSON answer; -1 when the answer did not say.
+   * local_endpoints = 6 (int32)
+   */
+  localEndpoints: number;
+  /**
+   * Why there was no answer (connection refused, timeout); empty otherwise.
+   * error = 7 (string)
+   */
+  error: string;
+  /**
+   * Set only when a collector forwards another node's reading.
+   * node = 8 (string)
+   */
+  node: string;
+}
+/** New HealthCheckReading: every always-present field at its proto3 default, overridden by init. */
+export function createHealthCheckReading(init: Partial<HealthCheckReading> = {}): HealthCheckReading {
+  return { tsNs: 0n, namespace: '', service: '', port: 0, statusCode: 0, localEndpoints: 0, error: '', node: '', ...init };
 }
 
 /**
@@ -168,10 +228,15 @@ export interface EventBatch {
    * batch_id = 4 (uint64)
    */
   batchId: bigint;
+  /**
+   * Health-check node port readings taken since the previous batch.
+   * health_checks = 5 (repeated HealthCheckReading)
+   */
+  healthChecks: HealthCheckReading[];
 }
 /** New EventBatch: every always-present field at its proto3 default, overridden by init. */
 export function createEventBatch(init: Partial<EventBatch> = {}): EventBatch {
-  return { seq: 0n, events: [], batchId: 0n, ...init };
+  return { seq: 0n, events: [], batchId: 0n, healthChecks: [], ...init };
 }
 
 /** message natlens.v1.Hello */
@@ -399,6 +464,7 @@ export function createWhoResponse(init: Partial<WhoResponse> = {}): WhoResponse 
 export interface ProtoMessages {
   Tuple: Tuple;
   HopEvent: HopEvent;
+  HealthCheckReading: HealthCheckReading;
   LossReport: LossReport;
   EventBatch: EventBatch;
   Hello: Hello;
@@ -480,7 +546,8 @@ export const PROTO_DESCRIPTOR = {
                 "HOP_KIND_UNSPECIFIED": 0,
                 "HOP_KIND_CONN": 1,
                 "HOP_KIND_DROP": 2,
-                "HOP_KIND_END": 3
+                "HOP_KIND_END": 3,
+                "HOP_KIND_PROXY": 4
               }
             },
             "HopEvent": {
@@ -554,6 +621,50 @@ export const PROTO_DESCRIPTOR = {
                 "node": {
                   "type": "string",
                   "id": 15
+                },
+                "proxyVersion": {
+                  "type": "uint32",
+                  "id": 16,
+                  "protoName": "proxy_version"
+                }
+              }
+            },
+            "HealthCheckReading": {
+              "fields": {
+                "tsNs": {
+                  "type": "fixed64",
+                  "id": 1,
+                  "protoName": "ts_ns"
+                },
+                "namespace": {
+                  "type": "string",
+                  "id": 2
+                },
+                "service": {
+                  "type": "string",
+                  "id": 3
+                },
+                "port": {
+                  "type": "uint32",
+                  "id": 4
+                },
+                "statusCode": {
+                  "type": "uint32",
+                  "id": 5,
+                  "protoName": "status_code"
+                },
+                "localEndpoints": {
+                  "type": "int32",
+                  "id": 6,
+                  "protoName": "local_endpoints"
+                },
+                "error": {
+                  "type": "string",
+                  "id": 7
+                },
+                "node": {
+                  "type": "string",
+                  "id": 8
                 }
               }
             },
@@ -598,6 +709,12 @@ export const PROTO_DESCRIPTOR = {
                   "type": "uint64",
                   "id": 4,
                   "protoName": "batch_id"
+                },
+                "healthChecks": {
+                  "rule": "repeated",
+                  "type": "HealthCheckReading",
+                  "id": 5,
+                  "protoName": "health_checks"
                 }
               }
             },

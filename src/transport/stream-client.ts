@@ -26,7 +26,7 @@ import {
   channelOptions,
   clientCredentials,
 } from './grpc-services.js';
-import type { Hello, HopEvent, LossReport } from './proto.generated.js';
+import type { HealthCheckReading, Hello, HopEvent, LossReport } from './proto.generated.js';
 
 export interface LossCounters {
   /** Cumulative events lost per stage since the agent started. */
@@ -90,6 +90,8 @@ interface Batch {
   /** Stable across resends (EventBatch.batch_id): lets the collector skip a batch it already stored. */
   id: bigint;
   events: HopEvent[];
+  /** Health-check readings ride with the events they were taken among (and are resent with them). */
+  healthChecks?: HealthCheckReading[];
   /** Set for send() batches: settled when every part is acked. */
   done?: Completion;
 }
@@ -110,10 +112,14 @@ function nextBatchId(): bigint {
   return ++lastBatchId;
 }
 
+/** Unsent health-check readings held at most (see pushHealthCheck). */
+const MAX_OPEN_HEALTH_CHECKS = 1000;
+
 function splitBatch(b: Batch, size: number): Batch[] {
   const parts: Batch[] = [];
   // The refused batch was not stored: its parts are new batches.
   for (let i = 0; i < b.events.length; i += size) parts.push({ id: nextBatchId(), events: b.events.slice(i, i + size), done: b.done });
+  if (parts[0] && b.healthChecks) parts[0].healthChecks = b.healthChecks;
   if (b.done) b.done.remaining += parts.length - 1;
   return parts;
 }
@@ -138,6 +144,7 @@ export class CollectorStreamClient extends EventEmitter {
   private readonly lossProvider: (() => LossCounters) | undefined;
 
   private open: HopEvent[] = [];
+  private openHealth: HealthCheckReading[] = [];
   private flushTimer: NodeJS.Timeout | undefined;
   /** Batches waiting to be written, oldest first. */
   private pending: Batch[] = [];
@@ -154,7 +161,7 @@ export class CollectorStreamClient extends EventEmitter {
   private pushed = 0;
   /** The client's loss counts in the last LossReport encoded. */
   private lossSent = { overflow: 0, invalid: 0, rejected: 0 };
-  private counters = { ackedBatches: 0, ackedEvents: 0, sentBatches: 0, overflow: 0, invalid: 0, rejected: 0, reconnects: 0 };
+  private counters = { ackedBatches: 0, ackedEvents: 0, sentBatches: 0, overflow: 0, invalid: 0, rejected: 0, reconnects: 0, healthOverflow: 0 };
 
   constructor(options: CollectorStreamClientOptions) {
     super();
@@ -249,6 +256,27 @@ export class CollectorStreamClient extends EventEmitter {
   }
 
   /**
+   * Queues a health-check reading for the next batch. Readings are few (one per Service with a
+   * health-check node port per interval); past MAX_OPEN_HEALTH_CHECKS unsent, new ones are dropped
+   * and counted (health_overflow).
+   */
+  pushHealthCheck(reading: HealthCheckReading): void {
+    if (this.closed) return;
+    if (this.openHealth.length >= MAX_OPEN_HEALTH_CHECKS) {
+      this.counters.healthOverflow++;
+      return;
+    }
+    this.openHealth.push(reading);
+    if (this.flushTimer === undefined) {
+      this.flushTimer = setTimeout(() => {
+        this.flushTimer = undefined;
+        this.closeOpenBatch();
+      }, this.opts.flushIntervalMs);
+      this.flushTimer.unref();
+    }
+  }
+
+  /**
    * Sends the partly filled batch now. When nothing is left to carry it, a batch without events
    * carries the client's latest loss counts (queue_overflow after the last batch went out).
    */
@@ -327,10 +355,15 @@ export class CollectorStreamClient extends EventEmitter {
       clearTimeout(this.flushTimer);
       this.flushTimer = undefined;
     }
-    if (this.open.length === 0) return;
+    if (this.open.length === 0 && this.openHealth.length === 0) return;
     const events = this.open;
     this.open = [];
-    this.pending.push({ id: nextBatchId(), events });
+    const batch: Batch = { id: nextBatchId(), events };
+    if (this.openHealth.length) {
+      batch.healthChecks = this.openHealth;
+      this.openHealth = [];
+    }
+    this.pending.push(batch);
     this.pendingEvents += events.length;
     if (pump) this.pump();
   }
@@ -352,6 +385,7 @@ export class CollectorStreamClient extends EventEmitter {
     };
     this.lossSent = { overflow: this.counters.overflow, invalid: this.counters.invalid, rejected: this.counters.rejected };
     add('queue_overflow', this.counters.overflow);
+    add('health_overflow', this.counters.healthOverflow);
     add('invalid_event', this.counters.invalid);
     add('collector_rejected', this.counters.rejected);
     return { lost, captured, node: '', agentId: '' };
@@ -371,7 +405,10 @@ export class CollectorStreamClient extends EventEmitter {
       let buf: Buffer;
       try {
         // Events were validated on the way in.
-        buf = encodeAgentMessage({ batch: { seq, events: batch.events, loss: this.lossReport(), batchId: batch.id } }, { validate: false });
+        buf = encodeAgentMessage(
+          { batch: { seq, events: batch.events, loss: this.lossReport(), batchId: batch.id, healthChecks: batch.healthChecks ?? [] } },
+          { validate: false },
+        );
       } catch (err) {
         this.pending.shift();
         this.pendingEvents -= batch.events.length;

@@ -21,6 +21,7 @@ import {
   HopKind,
   createHello,
   createHopEvent,
+  type HealthCheckReading,
   type AgentMessage,
   type HopEvent,
   type Tuple,
@@ -52,7 +53,7 @@ function conn(over: Partial<HopEvent> = {}): HopEvent {
 const hello = createHello({ protocolVersion: 1, node: 'node-a', agentId: 'agent-1', version: '0.1.0', nodeAddresses: [v4(10, 240, 0, 3), v6(3)] });
 
 function batchMsg(events: HopEvent[], seq = 1n): AgentMessage {
-  return { batch: { seq, events, loss: { lost: { ringbuf_full: 3n }, captured: 10n, node: '', agentId: '' }, batchId: 42n } };
+  return { batch: { seq, events, loss: { lost: { ringbuf_full: 3n }, captured: 10n, node: '', agentId: '' }, batchId: 42n, healthChecks: [] } };
 }
 
 /** Plain arrays of the byte fields so toEqual compares content, not Buffer vs Uint8Array. */
@@ -93,8 +94,14 @@ describe('transport codec round trips', () => {
       }),
       conn({ kind: HopKind.DROP, reply: undefined, ipProto: 17, packetsOrig: 4n, hasIsn: false, tcpIsn: 0 }),
       conn({ kind: HopKind.END, packetsOrig: 10n, bytesOrig: 1500n, packetsReply: 8n, bytesReply: 12_000n }),
+      // PROXY: field 16 is the first with a two-byte tag (0x80 0x01).
+      conn({ kind: HopKind.PROXY, proxyVersion: 2 }),
     ];
     const msg = batchMsg(events, (1n << 63n) - 1n);
+    msg.batch!.healthChecks = [
+      { tsNs: 1n << 62n, namespace: 'default', service: 'loadbalancer', port: 32122, statusCode: 503, localEndpoints: 0, error: '', node: '' },
+      { tsNs: 5n, namespace: 'default', service: 'loadbalancer', port: 32122, statusCode: 0, localEndpoints: -1, error: 'connect ECONNREFUSED', node: 'node3' },
+    ];
     msg.batch!.loss = { lost: { ringbuf_full: 3n, queue_overflow: (1n << 62n) + 1n, zero: 0n }, captured: 123_456_789_012n, node: 'n', agentId: 'a' };
     const back = decodeAgentMessage(encodeAgentMessage(msg));
     expect(norm(back)).toEqual(norm(msg));
@@ -177,11 +184,11 @@ describe('hand-coded hot path (AgentMessage, EventBatch, HopEvent, Tuple)', () =
   function randomEvent(): HopEvent {
     const fam = rnd(2) ? 4 : 16;
     const t = (): Tuple => ({ src: bytes(fam), dst: bytes(fam), sport: rnd(65536), dport: rnd(65536) });
-    const kind = ([HopKind.CONN, HopKind.DROP, HopKind.END] as HopKind[])[rnd(3)]!;
+    const kind = ([HopKind.CONN, HopKind.DROP, HopKind.END, HopKind.PROXY] as HopKind[])[rnd(4)]!;
     return createHopEvent({
       kind,
       tsNs: u64(),
-      ipProto: rnd(2) ? 6 : 17,
+      ipProto: rnd(2) || kind === HopKind.PROXY ? 6 : 17,
       orig: t(),
       reply: kind === HopKind.DROP && rnd(2) ? undefined : t(),
       ctStatus: u32(),
@@ -194,13 +201,18 @@ describe('hand-coded hot path (AgentMessage, EventBatch, HopEvent, Tuple)', () =
       packetsReply: u64(),
       bytesReply: u64(),
       node: str(),
+      proxyVersion: kind === HopKind.PROXY ? 1 + rnd(2) : 0,
     });
   }
+  const randomReading = (): HealthCheckReading => ({
+    tsNs: u64(), namespace: 'ns-' + str(), service: 'svc' + str(), port: 1 + rnd(65535), statusCode: [0, 200, 503][rnd(3)]!,
+    localEndpoints: rnd(3) - 1, error: str(), node: str(),
+  });
 
   it('agrees with protobufjs both ways on 300 random batches', () => {
     for (let i = 0; i < 300; i++) {
       const events = Array.from({ length: rnd(8) }, randomEvent);
-      const msg: AgentMessage = { batch: { seq: u64() || 1n, events, loss: rnd(2) ? { lost: { a: u64(), b: 0n }, captured: u64(), node: str(), agentId: str() } : undefined, batchId: u64() } };
+      const msg: AgentMessage = { batch: { seq: u64() || 1n, events, loss: rnd(2) ? { lost: { a: u64(), b: 0n }, captured: u64(), node: str(), agentId: str() } : undefined, batchId: u64(), healthChecks: Array.from({ length: rnd(3) }, randomReading) } };
       const fast = encodeAgentMessage(msg);
       const viaPbjs = decodeMessage('AgentMessage', fast);
       expect(norm(viaPbjs)).toEqual(norm(msg));
