@@ -5,7 +5,7 @@ import { toAddr16 } from './addr.js';
 import { hash64 } from './hop-id.js';
 import type { Hop, HopKind as Kind, WireTuple } from './hop.js';
 
-const KINDS: Record<number, Kind> = { [HopKind.CONN]: 'conn', [HopKind.DROP]: 'drop', [HopKind.END]: 'end' };
+const KINDS: Record<number, Kind> = { [HopKind.CONN]: 'conn', [HopKind.DROP]: 'drop', [HopKind.END]: 'end', [HopKind.PROXY]: 'proxy' };
 
 function wire(t: { src: Uint8Array; dst: Uint8Array; sport: number; dport: number }): WireTuple {
   return { src: toAddr16(t.src), sport: t.sport, dst: toAddr16(t.dst), dport: t.dport };
@@ -34,10 +34,12 @@ export function hopFromEvent(ev: HopEvent, streamNode: string): Hop {
     bytesOrig: Number(ev.bytesOrig),
     packetsReply: Number(ev.packetsReply),
     bytesReply: Number(ev.bytesReply),
+    proxyVersion: ev.proxyVersion,
   };
 }
 
-/** The pod address a hop is about: where its packet was sent after DNAT (drops: what was dialled). */
+/** The pod address a hop is about: where its packet was sent after DNAT (drops: what was dialled;
+ * PROXY hops: the pod the header reached). */
 export function endpointOf(ev: HopEvent): Uint8Array {
-  return ev.reply ? ev.reply.src : ev.orig!.dst;
+  return ev.reply && ev.kind !== HopKind.PROXY ? ev.reply.src : ev.orig!.dst;
 }

@@ -14,7 +14,8 @@ export interface WireTuple {
   dport: number;
 }
 
-export type HopKind = 'conn' | 'drop' | 'end';
+/** 'proxy': a PROXY protocol header at the start of a connection to a local pod (see agent.proto). */
+export type HopKind = 'conn' | 'drop' | 'end' | 'proxy';
 export type Proto = 'tcp' | 'udp';
 
 export interface Hop {
@@ -28,7 +29,8 @@ export interface Hop {
   tsNs: bigint;
   /** Conntrack ORIGINAL direction: as the packet arrived at this node. */
   orig: WireTuple;
-  /** Conntrack REPLY direction (post-NAT); null for drops. */
+  /** Conntrack REPLY direction (post-NAT); null for drops. For 'proxy' hops: the connection the
+   * PROXY header describes (src = the real client, dst = what it connected to). */
   reply: WireTuple | null;
   ctStatus: number;
   /** TCP initial sequence number, null when unknown. */
@@ -40,6 +42,8 @@ export interface Hop {
   bytesOrig: number;
   packetsReply: number;
   bytesReply: number;
+  /** 'proxy' hops: PROXY protocol version 1 or 2; 0 otherwise. */
+  proxyVersion: number;
 }
 
 /** 'superseded': this connId was absorbed into another connection record (a late hop joined two partial chains). */

@@ -89,6 +89,13 @@ export class RowBinaryWriter {
     this.#pos += 4;
   }
 
+  int32(v: number): void {
+    if ((v | 0) !== v) throw new RangeError(`Int32 out of range: ${v}`);
+    this.#ensure(4);
+    this.#view.setInt32(this.#pos, v, true);
+    this.#pos += 4;
+  }
+
   /** UInt64 from a JS number (counters): exact up to 2^53, written as two 32-bit halves without a BigInt. */
   uint64(v: number): void {
     if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`UInt64 (number) out of range: ${v}`);

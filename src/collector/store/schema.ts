@@ -50,6 +50,7 @@ export const T = {
   UInt8: { sql: 'UInt8', write: (w, v) => w.uint8(v) } as ChType<number>,
   UInt16: { sql: 'UInt16', write: (w, v) => w.uint16(v) } as ChType<number>,
   UInt32: { sql: 'UInt32', write: (w, v) => w.uint32(v) } as ChType<number>,
+  Int32: { sql: 'Int32', write: (w, v) => w.int32(v) } as ChType<number>,
   /** From a JS number: the byte and packet counters, which stay far below 2^53. */
   UInt64: { sql: 'UInt64', write: (w, v) => w.uint64(v) } as ChType<number>,
   UInt64Big: { sql: 'UInt64', write: (w, v) => w.uint64Big(v) } as ChType<bigint>,
@@ -66,7 +67,7 @@ export const T = {
 } as const;
 
 const PROTO = T.Enum8<Proto>({ tcp: 6, udp: 17 });
-const HOP_KIND = T.Enum8<HopKind>({ conn: 1, drop: 2, end: 3 });
+const HOP_KIND = T.Enum8<HopKind>({ conn: 1, drop: 2, end: 3, proxy: 4 });
 const STITCH_STATUS = T.Enum8<StitchStatus>({ complete: 1, unstitched: 2, superseded: 3 });
 
 export interface Column<R> {
@@ -97,10 +98,11 @@ const ZERO_ADDR: Addr16 = new Uint8Array(16);
 
 /**
  * The pod address a hop is about: the post-DNAT destination (reply source) for conn/end, the
- * original destination for drops, which never reached conntrack's reply direction.
+ * original destination for drops, which never reached conntrack's reply direction, and for PROXY
+ * hops, whose orig is the connection as the pod sees it.
  */
 export function hopEndpoint(h: Hop): Addr16 {
-  return h.kind === 'drop' || h.reply === null ? h.orig.dst : h.reply.src;
+  return h.kind === 'drop' || h.kind === 'proxy' || h.reply === null ? h.orig.dst : h.reply.src;
 }
 
 export const hopsTable: TableDef<Hop> = {
@@ -133,6 +135,7 @@ export const hopsTable: TableDef<Hop> = {
     c('packets_reply', T.UInt64, (h) => h.packetsReply),
     c('bytes_reply', T.UInt64, (h) => h.bytesReply),
     c('hop_id', T.UInt64Big, (h) => h.id),
+    c('proxy_version', T.UInt8, (h) => h.proxyVersion),
   ]),
 };
 
@@ -207,7 +210,11 @@ export const agentLossTable: TableDef<LossRow> = {
   ]),
 };
 
-/** One observed state of a Kubernetes Service (written by the service watcher). */
+/**
+ * One observed state of a Kubernetes Service with its endpoints (written by the collector's
+ * Kubernetes watch whenever any of these changes): read a past connection against the row in force
+ * at its time.
+ */
 export interface ServiceHistoryRow {
   tsNs: bigint;
   namespace: string;
@@ -218,8 +225,14 @@ export interface ServiceHistoryRow {
   healthCheckNodePort: number;
   clusterIps: readonly Addr16[];
   nodePorts: readonly number[];
-  /** JSON text of the Service's endpoints at `tsNs`. */
+  /** JSON text: [{name, protocol, port, targetPort, nodePort}] (spec.ports). */
+  ports: string;
+  /** JSON text: [{ip, ipMode}] (status.loadBalancer.ingress; ipMode "VIP" or "Proxy"). */
+  loadBalancerIngress: string;
+  /** JSON text of ServiceEndpoint[] (src/k8s): [{pod, node, addresses, ready, serving, terminating}]. */
   endpoints: string;
+  /** The Service was deleted at tsNs (the other fields repeat its last state). */
+  deleted: boolean;
 }
 
 export const serviceHistoryTable: TableDef<ServiceHistoryRow> = {
@@ -237,11 +250,80 @@ export const serviceHistoryTable: TableDef<ServiceHistoryRow> = {
     c('health_check_node_port', T.UInt16, (r) => r.healthCheckNodePort),
     c('cluster_ips', T.Array(T.IPv6), (r) => r.clusterIps),
     c('node_ports', T.Array(T.UInt16), (r) => r.nodePorts),
+    c('ports', T.String, (r) => r.ports),
+    c('load_balancer_ingress', T.String, (r) => r.loadBalancerIngress),
     c('endpoints', T.String, (r) => r.endpoints),
+    c('deleted', T.Bool, (r) => r.deleted),
   ]),
 };
 
-export const ALL_TABLES: ReadonlyArray<TableDef<never>> = [hopsTable, connectionsTable, agentLossTable, serviceHistoryTable];
+/** One observed state of a Pod (written on every change of its IPs, node or conditions). */
+export interface PodHistoryRow {
+  tsNs: bigint;
+  namespace: string;
+  name: string;
+  uid: string;
+  node: string;
+  /** status.podIPs. */
+  ips: readonly Addr16[];
+  phase: string;
+  ready: boolean;
+  /** metadata.deletionTimestamp is set. */
+  terminating: boolean;
+  deleted: boolean;
+}
+
+export const podHistoryTable: TableDef<PodHistoryRow> = {
+  name: 'pod_history',
+  engine: 'ReplacingMergeTree',
+  orderBy: ['namespace', 'name', 'ts'],
+  timeColumn: 'ts',
+  columns: columnsOf<PodHistoryRow>((c) => [
+    c('ts', T.DateTime64ns, (r) => r.tsNs),
+    c('namespace', T.LowCardinalityString, (r) => r.namespace),
+    c('name', T.String, (r) => r.name),
+    c('uid', T.String, (r) => r.uid),
+    c('node', T.LowCardinalityString, (r) => r.node),
+    c('ips', T.Array(T.IPv6), (r) => r.ips),
+    c('phase', T.LowCardinalityString, (r) => r.phase),
+    c('ready', T.Bool, (r) => r.ready),
+    c('terminating', T.Bool, (r) => r.terminating),
+    c('deleted', T.Bool, (r) => r.deleted),
+  ]),
+};
+
+/** What a node's health-check node port answered (proto HealthCheckReading). */
+export interface HealthCheckRow {
+  tsNs: bigint;
+  node: string;
+  namespace: string;
+  service: string;
+  port: number;
+  /** 0: no answer (see error). */
+  statusCode: number;
+  /** -1: the answer did not say. */
+  localEndpoints: number;
+  error: string;
+}
+
+export const healthChecksTable: TableDef<HealthCheckRow> = {
+  name: 'health_checks',
+  engine: 'MergeTree',
+  orderBy: ['namespace', 'service', 'ts', 'node'],
+  timeColumn: 'ts',
+  columns: columnsOf<HealthCheckRow>((c) => [
+    c('ts', T.DateTime64ns, (r) => r.tsNs),
+    c('node', T.LowCardinalityString, (r) => r.node),
+    c('namespace', T.LowCardinalityString, (r) => r.namespace),
+    c('service', T.LowCardinalityString, (r) => r.service),
+    c('port', T.UInt16, (r) => r.port),
+    c('status_code', T.UInt16, (r) => r.statusCode),
+    c('local_endpoints', T.Int32, (r) => r.localEndpoints),
+    c('error', T.String, (r) => r.error),
+  ]),
+};
+
+export const ALL_TABLES: ReadonlyArray<TableDef<never>> = [hopsTable, connectionsTable, agentLossTable, serviceHistoryTable, podHistoryTable, healthChecksTable];
 
 // --- SQL derived from the declarations -------------------------------------------------------
 
