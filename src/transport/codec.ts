@@ -30,6 +30,8 @@ import {
   type Welcome,
   type WhoRequest,
   type WhoResponse,
+  type EtpRequest,
+  type EtpResponse,
 } from './proto.generated.js';
 
 /** The stream protocol version this build speaks (Hello/Welcome protocol_version). */
@@ -312,6 +314,8 @@ const agentMessageCodec = codecOf('AgentMessage');
 const collectorMessageCodec = codecOf('CollectorMessage');
 const whoRequestCodec = codecOf('WhoRequest');
 const whoResponseCodec = codecOf('WhoResponse');
+const etpRequestCodec = codecOf('EtpRequest');
+const etpResponseCodec = codecOf('EtpResponse');
 
 // ---------------------------------------------------------------------------------------------
 // Contract validation. Field paths use the proto (snake_case) names: they are the contract's.
@@ -1202,6 +1206,22 @@ export function encodeWhoResponse(res: WhoResponse): Buffer {
 
 export function decodeWhoResponse(buf: Uint8Array): WhoResponse {
   return whoResponseCodec.decode(buf);
+}
+
+export function encodeEtpRequest(req: EtpRequest): Buffer {
+  return etpRequestCodec.encode(req, 'EtpRequest');
+}
+
+export function decodeEtpRequest(buf: Uint8Array): EtpRequest {
+  return etpRequestCodec.decode(buf);
+}
+
+export function encodeEtpResponse(res: EtpResponse): Buffer {
+  return etpResponseCodec.encode(res, 'EtpResponse');
+}
+
+export function decodeEtpResponse(buf: Uint8Array): EtpResponse {
+  return etpResponseCodec.decode(buf);
 }
 
 /** Any natlens.v1 message through protobufjs, structure only (no contract checks): for tools and tests. */

@@ -8,29 +8,42 @@
  * (de)serializers) for clients and a raw one for the server, for the same reason.
  */
 import * as grpc from '@grpc/grpc-js';
-import { decodeWhoRequest, decodeWhoResponse, encodeWhoRequest, encodeWhoResponse } from './codec.js';
-import { AgentServiceInfo, QueryServiceInfo, type WhoRequest, type WhoResponse } from './proto.generated.js';
+import {
+  decodeEtpRequest,
+  decodeEtpResponse,
+  decodeWhoRequest,
+  decodeWhoResponse,
+  encodeEtpRequest,
+  encodeEtpResponse,
+  encodeWhoRequest,
+  encodeWhoResponse,
+} from './codec.js';
+import { AgentServiceInfo, QueryServiceInfo, type EtpRequest, type EtpResponse, type WhoRequest, type WhoResponse } from './proto.generated.js';
 
 export const AGENT_STREAM_PATH = AgentServiceInfo.methods.Stream.path;
 /** Trailer naming the batch (seq) the server refused when it ends a stream; the client drops or splits that batch. */
 export const REJECTED_SEQ_TRAILER = 'natlens-rejected-seq';
 export const QUERY_WHO_PATH = QueryServiceInfo.methods.Who.path;
+export const QUERY_ETP_PATH = QueryServiceInfo.methods.Etp.path;
 
 // ---------------------------------------------------------------------------------------------
 // Service definitions
 
 export interface QueryServiceDefinition extends grpc.ServiceDefinition {
   Who: grpc.MethodDefinition<WhoRequest, WhoResponse>;
+  Etp: grpc.MethodDefinition<EtpRequest, EtpResponse>;
 }
 export interface AgentServiceRawDefinition extends grpc.ServiceDefinition {
   Stream: grpc.MethodDefinition<Buffer, Buffer>;
 }
 export interface QueryServiceRawDefinition extends grpc.ServiceDefinition {
   Who: grpc.MethodDefinition<Buffer, Buffer>;
+  Etp: grpc.MethodDefinition<Buffer, Buffer>;
 }
 
 const AGENT_STREAM = { path: AGENT_STREAM_PATH, requestStream: true, responseStream: true, originalName: 'stream' } as const;
 const QUERY_WHO = { path: QUERY_WHO_PATH, requestStream: false, responseStream: false, originalName: 'who' } as const;
+const QUERY_ETP = { path: QUERY_ETP_PATH, requestStream: false, responseStream: false, originalName: 'etp' } as const;
 const identity = (b: Buffer): Buffer => b;
 const RAW = { requestSerialize: identity, requestDeserialize: identity, responseSerialize: identity, responseDeserialize: identity };
 
@@ -43,13 +56,20 @@ export const queryServiceDefinition: QueryServiceDefinition = {
     responseSerialize: (m: WhoResponse) => encodeWhoResponse(m),
     responseDeserialize: (b: Buffer) => decodeWhoResponse(b),
   },
+  Etp: {
+    ...QUERY_ETP,
+    requestSerialize: (m: EtpRequest) => encodeEtpRequest(m),
+    requestDeserialize: (b: Buffer) => decodeEtpRequest(b),
+    responseSerialize: (m: EtpResponse) => encodeEtpResponse(m),
+    responseDeserialize: (b: Buffer) => decodeEtpResponse(b),
+  },
 };
 
 /** natlens.v1.AgentService on encoded messages (Buffer both ways). */
 export const agentServiceRawDefinition: AgentServiceRawDefinition = { Stream: { ...AGENT_STREAM, ...RAW } };
 
 /** natlens.v1.QueryService on encoded messages (Buffer both ways). */
-export const queryServiceRawDefinition: QueryServiceRawDefinition = { Who: { ...QUERY_WHO, ...RAW } };
+export const queryServiceRawDefinition: QueryServiceRawDefinition = { Who: { ...QUERY_WHO, ...RAW }, Etp: { ...QUERY_ETP, ...RAW } };
 
 // ---------------------------------------------------------------------------------------------
 // Clients
@@ -65,6 +85,12 @@ export interface QueryServiceClient extends grpc.Client {
     metadata: grpc.Metadata,
     options: grpc.CallOptions,
     callback: grpc.requestCallback<WhoResponse>,
+  ): grpc.ClientUnaryCall;
+  Etp(
+    request: EtpRequest,
+    metadata: grpc.Metadata,
+    options: grpc.CallOptions,
+    callback: grpc.requestCallback<EtpResponse>,
   ): grpc.ClientUnaryCall;
 }
 

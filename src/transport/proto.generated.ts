@@ -351,7 +351,7 @@ export function collectorMessageBodyCase(m: CollectorMessage): CollectorMessageB
 /** message natlens.v1.WhoRequest */
 export interface WhoRequest {
   /**
-   * IP or IP:PORT ([IPv6]:PORT) of the pod.
+   * IP or IP:PORT ([IPv6]:PORT) of the pod, or NAMESPACE/POD (every IP the pod had in the window).
    * target = 1 (string)
    */
   target: string;
@@ -405,10 +405,51 @@ export interface WhoRow {
    * stitched = 10 (bool)
    */
   stitched: boolean;
+  /**
+   * Where `client` comes from: "kernel" (the first hop's conntrack source), "proxy-protocol-v1" or
+   * "proxy-protocol-v2" (the header a proxy load balancer sent; `proxy` is that proxy), or
+   * "proxy-not-carried" (a proxy load balancer replaced the client and sent no header: `client` is
+   * the proxy, the real client is unknown).
+   * client_source = 11 (string)
+   */
+  clientSource: string;
+  /**
+   * The proxy that sent the PROXY header (or replaced the client), when client_source says so.
+   * proxy = 12 (string)
+   */
+  proxy: string;
+  /**
+   * The Service the client dialled, "namespace/name", or empty when the connection went to the pod
+   * directly or the Service is unknown.
+   * service = 13 (string)
+   */
+  service: string;
+  /**
+   * The Service port's name (or number when unnamed) and the address:port the client dialled.
+   * service_port = 14 (string)
+   */
+  servicePort: string;
+  /** dialled = 15 (string) */
+  dialled: string;
+  /**
+   * How the Service was reached: ClusterIP, NodePort, LoadBalancer, ExternalIP, or "" (direct / unknown).
+   * frontend = 16 (string)
+   */
+  frontend: string;
+  /**
+   * Of `connections`, how many reached the pod while it was terminating (serving, not ready).
+   * while_terminating = 17 (uint64)
+   */
+  whileTerminating: bigint;
+  /**
+   * The pod (endpoint) these connections reached, "namespace/name", when known.
+   * pod = 18 (string)
+   */
+  pod: string;
 }
 /** New WhoRow: every always-present field at its proto3 default, overridden by init. */
 export function createWhoRow(init: Partial<WhoRow> = {}): WhoRow {
-  return { client: '', seenAs: '', connections: 0n, ingressNode: '', endpointNode: '', snat: false, firstSeen: '', lastSeen: '', protocols: [], stitched: false, ...init };
+  return { client: '', seenAs: '', connections: 0n, ingressNode: '', endpointNode: '', snat: false, firstSeen: '', lastSeen: '', protocols: [], stitched: false, clientSource: '', proxy: '', service: '', servicePort: '', dialled: '', frontend: '', whileTerminating: 0n, pod: '', ...init };
 }
 
 /**
@@ -454,10 +495,201 @@ export interface WhoResponse {
   complete?: Completeness;
   /** since = 4 (string) */
   since: string;
+  /**
+   * "namespace/name" of the pod when the target names one or the address belongs to one.
+   * pod = 5 (string)
+   */
+  pod: string;
+  /**
+   * The node the pod runs on, when known.
+   * node = 6 (string)
+   */
+  node: string;
 }
 /** New WhoResponse: every always-present field at its proto3 default, overridden by init. */
 export function createWhoResponse(init: Partial<WhoResponse> = {}): WhoResponse {
-  return { target: '', rows: [], since: '', ...init };
+  return { target: '', rows: [], since: '', pod: '', node: '', ...init };
+}
+
+/** message natlens.v1.EtpRequest */
+export interface EtpRequest {
+  /**
+   * NAMESPACE/SERVICE.
+   * service = 1 (string)
+   */
+  service: string;
+  /**
+   * Look back this far (milliseconds); 0 means the default (1 hour).
+   * since_ms = 2 (uint64)
+   */
+  sinceMs: bigint;
+  /**
+   * Set by a collector that asks its peers for their part: do not fan out again.
+   * forwarded = 3 (bool)
+   */
+  forwarded: boolean;
+}
+/** New EtpRequest: every always-present field at its proto3 default, overridden by init. */
+export function createEtpRequest(init: Partial<EtpRequest> = {}): EtpRequest {
+  return { service: '', sinceMs: 0n, forwarded: false, ...init };
+}
+
+/** message natlens.v1.EtpHealthChange */
+export interface EtpHealthChange {
+  /** at = 1 (string) */
+  at: string;
+  /**
+   * HTTP status the node's health-check node port answered; 0 when nothing answered.
+   * status = 2 (uint32)
+   */
+  status: number;
+  /** local_endpoints = 3 (int32) */
+  localEndpoints: number;
+}
+/** New EtpHealthChange: every always-present field at its proto3 default, overridden by init. */
+export function createEtpHealthChange(init: Partial<EtpHealthChange> = {}): EtpHealthChange {
+  return { at: '', status: 0, localEndpoints: 0, ...init };
+}
+
+/** message natlens.v1.EtpHealthCheck */
+export interface EtpHealthCheck {
+  /**
+   * The last answer in the period (0: no answer), when it was read, and how often each status came.
+   * last_status = 1 (uint32)
+   */
+  lastStatus: number;
+  /** last_at = 2 (string) */
+  lastAt: string;
+  /** answers = 3 (map<string, uint64>) */
+  answers: Record<string, bigint>;
+  /**
+   * Every change of answer, in time order.
+   * changes = 4 (repeated EtpHealthChange)
+   */
+  changes: EtpHealthChange[];
+}
+/** New EtpHealthCheck: every always-present field at its proto3 default, overridden by init. */
+export function createEtpHealthCheck(init: Partial<EtpHealthCheck> = {}): EtpHealthCheck {
+  return { lastStatus: 0, lastAt: '', answers: {}, changes: [], ...init };
+}
+
+/** message natlens.v1.EtpNode */
+export interface EtpNode {
+  /** node = 1 (string) */
+  node: string;
+  /**
+   * Connections that entered the cluster at this node.
+   * connections = 2 (uint64)
+   */
+  connections: bigint;
+  /**
+   * Attempts this node's kernel saw arrive and neither forwarded nor answered.
+   * dropped = 3 (uint64)
+   */
+  dropped: bigint;
+  /**
+   * Of `connections`, how many reached their pod with the client address replaced by SNAT.
+   * snat = 4 (uint64)
+   */
+  snat: bigint;
+  /** health_check = 5 (EtpHealthCheck) */
+  healthCheck?: EtpHealthCheck;
+  /**
+   * Connections whose endpoint ran on this node.
+   * endpoint_connections = 6 (uint64)
+   */
+  endpointConnections: bigint;
+}
+/** New EtpNode: every always-present field at its proto3 default, overridden by init. */
+export function createEtpNode(init: Partial<EtpNode> = {}): EtpNode {
+  return { node: '', connections: 0n, dropped: 0n, snat: 0n, endpointConnections: 0n, ...init };
+}
+
+/** message natlens.v1.EtpEndpoint */
+export interface EtpEndpoint {
+  /** address = 1 (string) */
+  address: string;
+  /** pod = 2 (string) */
+  pod: string;
+  /** node = 3 (string) */
+  node: string;
+  /** connections = 4 (uint64) */
+  connections: bigint;
+  /**
+   * Of `connections`, how many arrived while the pod was terminating (serving, not ready).
+   * while_terminating = 5 (uint64)
+   */
+  whileTerminating: bigint;
+}
+/** New EtpEndpoint: every always-present field at its proto3 default, overridden by init. */
+export function createEtpEndpoint(init: Partial<EtpEndpoint> = {}): EtpEndpoint {
+  return { address: '', pod: '', node: '', connections: 0n, whileTerminating: 0n, ...init };
+}
+
+/** message natlens.v1.EtpPeriod */
+export interface EtpPeriod {
+  /**
+   * RFC 3339, UTC; `to` is empty for the period still in force.
+   * from = 1 (string)
+   */
+  from: string;
+  /** to = 2 (string) */
+  to: string;
+  /** external_traffic_policy = 3 (string) */
+  externalTrafficPolicy: string;
+  /** type = 4 (string) */
+  type: string;
+  /** health_check_node_port = 5 (uint32) */
+  healthCheckNodePort: number;
+  /** connections = 6 (uint64) */
+  connections: bigint;
+  /**
+   * Share of connections whose client address was replaced by SNAT before reaching the pod.
+   * snat_share = 7 (double)
+   */
+  snatShare: number;
+  /** snat = 8 (uint64) */
+  snat: bigint;
+  /** dropped = 9 (uint64) */
+  dropped: bigint;
+  /** per_node = 10 (repeated EtpNode) */
+  perNode: EtpNode[];
+  /** per_endpoint = 11 (repeated EtpEndpoint) */
+  perEndpoint: EtpEndpoint[];
+  /**
+   * Busiest endpoint's connections over the mean per endpoint (1 = even; 0 when no traffic).
+   * endpoint_imbalance = 12 (double)
+   */
+  endpointImbalance: number;
+  /** while_terminating = 13 (uint64) */
+  whileTerminating: bigint;
+  /**
+   * Connections from unique client addresses as the pods saw them vs as they really were.
+   * distinct_clients = 14 (uint64)
+   */
+  distinctClients: bigint;
+  /** distinct_seen_as = 15 (uint64) */
+  distinctSeenAs: bigint;
+}
+/** New EtpPeriod: every always-present field at its proto3 default, overridden by init. */
+export function createEtpPeriod(init: Partial<EtpPeriod> = {}): EtpPeriod {
+  return { from: '', to: '', externalTrafficPolicy: '', type: '', healthCheckNodePort: 0, connections: 0n, snatShare: 0, snat: 0n, dropped: 0n, perNode: [], perEndpoint: [], endpointImbalance: 0, whileTerminating: 0n, distinctClients: 0n, distinctSeenAs: 0n, ...init };
+}
+
+/** message natlens.v1.EtpResponse */
+export interface EtpResponse {
+  /** service = 1 (string) */
+  service: string;
+  /** since = 2 (string) */
+  since: string;
+  /** periods = 3 (repeated EtpPeriod) */
+  periods: EtpPeriod[];
+  /** complete = 4 (Completeness) */
+  complete?: Completeness;
+}
+/** New EtpResponse: every always-present field at its proto3 default, overridden by init. */
+export function createEtpResponse(init: Partial<EtpResponse> = {}): EtpResponse {
+  return { service: '', since: '', periods: [], ...init };
 }
 
 /** Every generated message type by its name in the package (for generic codec helpers). */
@@ -476,6 +708,13 @@ export interface ProtoMessages {
   WhoRow: WhoRow;
   Completeness: Completeness;
   WhoResponse: WhoResponse;
+  EtpRequest: EtpRequest;
+  EtpHealthChange: EtpHealthChange;
+  EtpHealthCheck: EtpHealthCheck;
+  EtpNode: EtpNode;
+  EtpEndpoint: EtpEndpoint;
+  EtpPeriod: EtpPeriod;
+  EtpResponse: EtpResponse;
 }
 export type ProtoMessageName = keyof ProtoMessages;
 
@@ -508,6 +747,17 @@ export const QueryServiceInfo = {
       path: '/natlens.v1.QueryService/Who',
       requestType: 'WhoRequest',
       responseType: 'WhoResponse',
+      requestStream: false,
+      responseStream: false,
+    },
+    /**
+     * What a Service saw per externalTrafficPolicy period: connections, SNAT share, traffic per node
+     * and endpoint, drops, health-check answers.
+     */
+    Etp: {
+      path: '/natlens.v1.QueryService/Etp',
+      requestType: 'EtpRequest',
+      responseType: 'EtpResponse',
       requestStream: false,
       responseStream: false,
     },
@@ -892,6 +1142,41 @@ export const PROTO_DESCRIPTOR = {
                 "stitched": {
                   "type": "bool",
                   "id": 10
+                },
+                "clientSource": {
+                  "type": "string",
+                  "id": 11,
+                  "protoName": "client_source"
+                },
+                "proxy": {
+                  "type": "string",
+                  "id": 12
+                },
+                "service": {
+                  "type": "string",
+                  "id": 13
+                },
+                "servicePort": {
+                  "type": "string",
+                  "id": 14,
+                  "protoName": "service_port"
+                },
+                "dialled": {
+                  "type": "string",
+                  "id": 15
+                },
+                "frontend": {
+                  "type": "string",
+                  "id": 16
+                },
+                "whileTerminating": {
+                  "type": "uint64",
+                  "id": 17,
+                  "protoName": "while_terminating"
+                },
+                "pod": {
+                  "type": "string",
+                  "id": 18
                 }
               }
             },
@@ -943,6 +1228,223 @@ export const PROTO_DESCRIPTOR = {
                 "since": {
                   "type": "string",
                   "id": 4
+                },
+                "pod": {
+                  "type": "string",
+                  "id": 5
+                },
+                "node": {
+                  "type": "string",
+                  "id": 6
+                }
+              }
+            },
+            "EtpRequest": {
+              "fields": {
+                "service": {
+                  "type": "string",
+                  "id": 1
+                },
+                "sinceMs": {
+                  "type": "uint64",
+                  "id": 2,
+                  "protoName": "since_ms"
+                },
+                "forwarded": {
+                  "type": "bool",
+                  "id": 3
+                }
+              }
+            },
+            "EtpHealthChange": {
+              "fields": {
+                "at": {
+                  "type": "string",
+                  "id": 1
+                },
+                "status": {
+                  "type": "uint32",
+                  "id": 2
+                },
+                "localEndpoints": {
+                  "type": "int32",
+                  "id": 3,
+                  "protoName": "local_endpoints"
+                }
+              }
+            },
+            "EtpHealthCheck": {
+              "fields": {
+                "lastStatus": {
+                  "type": "uint32",
+                  "id": 1,
+                  "protoName": "last_status"
+                },
+                "lastAt": {
+                  "type": "string",
+                  "id": 2,
+                  "protoName": "last_at"
+                },
+                "answers": {
+                  "keyType": "string",
+                  "type": "uint64",
+                  "id": 3
+                },
+                "changes": {
+                  "rule": "repeated",
+                  "type": "EtpHealthChange",
+                  "id": 4
+                }
+              }
+            },
+            "EtpNode": {
+              "fields": {
+                "node": {
+                  "type": "string",
+                  "id": 1
+                },
+                "connections": {
+                  "type": "uint64",
+                  "id": 2
+                },
+                "dropped": {
+                  "type": "uint64",
+                  "id": 3
+                },
+                "snat": {
+                  "type": "uint64",
+                  "id": 4
+                },
+                "healthCheck": {
+                  "type": "EtpHealthCheck",
+                  "id": 5,
+                  "protoName": "health_check"
+                },
+                "endpointConnections": {
+                  "type": "uint64",
+                  "id": 6,
+                  "protoName": "endpoint_connections"
+                }
+              }
+            },
+            "EtpEndpoint": {
+              "fields": {
+                "address": {
+                  "type": "string",
+                  "id": 1
+                },
+                "pod": {
+                  "type": "string",
+                  "id": 2
+                },
+                "node": {
+                  "type": "string",
+                  "id": 3
+                },
+                "connections": {
+                  "type": "uint64",
+                  "id": 4
+                },
+                "whileTerminating": {
+                  "type": "uint64",
+                  "id": 5,
+                  "protoName": "while_terminating"
+                }
+              }
+            },
+            "EtpPeriod": {
+              "fields": {
+                "from": {
+                  "type": "string",
+                  "id": 1
+                },
+                "to": {
+                  "type": "string",
+                  "id": 2
+                },
+                "externalTrafficPolicy": {
+                  "type": "string",
+                  "id": 3,
+                  "protoName": "external_traffic_policy"
+                },
+                "type": {
+                  "type": "string",
+                  "id": 4
+                },
+                "healthCheckNodePort": {
+                  "type": "uint32",
+                  "id": 5,
+                  "protoName": "health_check_node_port"
+                },
+                "connections": {
+                  "type": "uint64",
+                  "id": 6
+                },
+                "snatShare": {
+                  "type": "double",
+                  "id": 7,
+                  "protoName": "snat_share"
+                },
+                "snat": {
+                  "type": "uint64",
+                  "id": 8
+                },
+                "dropped": {
+                  "type": "uint64",
+                  "id": 9
+                },
+                "perNode": {
+                  "rule": "repeated",
+                  "type": "EtpNode",
+                  "id": 10,
+                  "protoName": "per_node"
+                },
+                "perEndpoint": {
+                  "rule": "repeated",
+                  "type": "EtpEndpoint",
+                  "id": 11,
+                  "protoName": "per_endpoint"
+                },
+                "endpointImbalance": {
+                  "type": "double",
+                  "id": 12,
+                  "protoName": "endpoint_imbalance"
+                },
+                "whileTerminating": {
+                  "type": "uint64",
+                  "id": 13,
+                  "protoName": "while_terminating"
+                },
+                "distinctClients": {
+                  "type": "uint64",
+                  "id": 14,
+                  "protoName": "distinct_clients"
+                },
+                "distinctSeenAs": {
+                  "type": "uint64",
+                  "id": 15,
+                  "protoName": "distinct_seen_as"
+                }
+              }
+            },
+            "EtpResponse": {
+              "fields": {
+                "service": {
+                  "type": "string",
+                  "id": 1
+                },
+                "since": {
+                  "type": "string",
+                  "id": 2
+                },
+                "periods": {
+                  "rule": "repeated",
+                  "type": "EtpPeriod",
+                  "id": 3
+                },
+                "complete": {
+                  "type": "Completeness",
+                  "id": 4
                 }
               }
             },
@@ -951,6 +1453,10 @@ export const PROTO_DESCRIPTOR = {
                 "Who": {
                   "requestType": "WhoRequest",
                   "responseType": "WhoResponse"
+                },
+                "Etp": {
+                  "requestType": "EtpRequest",
+                  "responseType": "EtpResponse"
                 }
               }
             }

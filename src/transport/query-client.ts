@@ -1,7 +1,7 @@
 /** The query API's client: `natlens who`, and collectors asking their peers. */
 import * as grpc from '@grpc/grpc-js';
 import { NatlensError } from '../util/errors.js';
-import type { WhoRequest, WhoResponse } from './proto.generated.js';
+import type { EtpRequest, EtpResponse, WhoRequest, WhoResponse } from './proto.generated.js';
 import { QueryServiceClient, channelOptions, clientCredentials } from './grpc-services.js';
 
 export class QueryUnavailableError extends NatlensError {}
@@ -14,9 +14,17 @@ export class QueryClient {
   }
 
   who(req: WhoRequest): Promise<WhoResponse> {
+    return this.call((md, opts, cb) => this.client.Who(req, md, opts, cb));
+  }
+
+  etp(req: EtpRequest): Promise<EtpResponse> {
+    return this.call((md, opts, cb) => this.client.Etp(req, md, opts, cb));
+  }
+
+  private call<Res>(invoke: (md: grpc.Metadata, opts: grpc.CallOptions, cb: grpc.requestCallback<Res>) => void): Promise<Res> {
     return new Promise((resolve, reject) => {
       const deadline = new Date(Date.now() + this.timeoutMs);
-      this.client.Who(req, new grpc.Metadata(), { deadline }, (err, res) => {
+      invoke(new grpc.Metadata(), { deadline }, (err, res) => {
         if (err) {
           const e = err as grpc.ServiceError;
           const why = e.code === grpc.status.UNAVAILABLE || e.code === grpc.status.DEADLINE_EXCEEDED

@@ -16,8 +16,10 @@ import {
   PROTOCOL_VERSION,
   ProtocolError,
   parseAgentMessage,
+  decodeEtpRequest,
   decodeWhoRequest,
   encodeCollectorMessage,
+  encodeEtpResponse,
   encodeWhoResponse,
   validateAgentMessage,
 } from './codec.js';
@@ -31,7 +33,7 @@ import {
   serverOptions,
   tuneServerFlowControl,
 } from './grpc-services.js';
-import type { EventBatch, Hello, WhoRequest, WhoResponse } from './proto.generated.js';
+import type { EtpRequest, EtpResponse, EventBatch, Hello, WhoRequest, WhoResponse } from './proto.generated.js';
 
 export { REJECTED_SEQ_TRAILER };
 
@@ -57,6 +59,7 @@ export interface AgentSink {
 export interface QuerySink {
   /** Reject with an error carrying a numeric `grpcCode` (grpc.status) to choose the status; else INTERNAL. */
   who(req: WhoRequest): Promise<WhoResponse>;
+  etp(req: EtpRequest): Promise<EtpResponse>;
 }
 
 export interface TransportServerOptions {
@@ -303,42 +306,54 @@ export async function startTransportServer(opts: TransportServerOptions): Promis
     });
   }
 
-  function handleWho(call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>): void {
-    let req: WhoRequest;
-    try {
-      req = decodeWhoRequest(call.request);
-    } catch (err) {
-      callback(statusError(grpc.status.INVALID_ARGUMENT, describeError(err)));
-      return;
-    }
-    const sink = querySink as QuerySink;
-    let p: Promise<WhoResponse>;
-    try {
-      p = sink.who(req);
-    } catch (err) {
-      p = Promise.reject(err);
-    }
-    p.then(
-      (res) => {
-        let buf: Buffer;
-        try {
-          buf = encodeWhoResponse(res);
-        } catch (err) {
-          callback(statusError(grpc.status.INTERNAL, `invalid WhoResponse from the query sink: ${describeError(err)}`));
-          return;
-        }
-        callback(null, buf);
-      },
-      (err: unknown) => {
-        callback(statusError(grpcCodeOf(err) ?? grpc.status.INTERNAL, describeError(err)));
-      },
-    );
+  /** A unary query: decode (bad request → INVALID_ARGUMENT), answer, encode (bad answer → INTERNAL). */
+  function unary<Req, Res>(
+    name: string,
+    decode: (b: Buffer) => Req,
+    answer: (sink: QuerySink, req: Req) => Promise<Res>,
+    encode: (res: Res) => Buffer,
+  ): (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => void {
+    return (call, callback) => {
+      let req: Req;
+      try {
+        req = decode(call.request);
+      } catch (err) {
+        callback(statusError(grpc.status.INVALID_ARGUMENT, describeError(err)));
+        return;
+      }
+      let p: Promise<Res>;
+      try {
+        p = answer(querySink as QuerySink, req);
+      } catch (err) {
+        p = Promise.reject(err);
+      }
+      p.then(
+        (res) => {
+          let buf: Buffer;
+          try {
+            buf = encode(res);
+          } catch (err) {
+            callback(statusError(grpc.status.INTERNAL, `invalid ${name} from the query sink: ${describeError(err)}`));
+            return;
+          }
+          callback(null, buf);
+        },
+        (err: unknown) => {
+          callback(statusError(grpcCodeOf(err) ?? grpc.status.INTERNAL, describeError(err)));
+        },
+      );
+    };
   }
 
   const server = new grpc.Server(serverOptions({ maxMessageBytes }));
   const tuning = tuneServerFlowControl(server, opts.flowControlWindowBytes ?? DEFAULT_FLOW_CONTROL_WINDOW_BYTES);
   server.addService(agentServiceRawDefinition, { Stream: handleStream });
-  if (querySink) server.addService(queryServiceRawDefinition, { Who: handleWho });
+  if (querySink) {
+    server.addService(queryServiceRawDefinition, {
+      Who: unary('WhoResponse', decodeWhoRequest, (sink, req) => sink.who(req), encodeWhoResponse),
+      Etp: unary('EtpResponse', decodeEtpRequest, (sink, req) => sink.etp(req), encodeEtpResponse),
+    });
+  }
 
   const port = await new Promise<number>((resolve, reject) => {
     server.bindAsync(opts.listen, serverCredentials(), (err, p) => {

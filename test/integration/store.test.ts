@@ -112,7 +112,7 @@ describe('ClickHouseStore (embedded chdb)', () => {
   });
 
   it('round-trips hops of every kind, deriving the endpoint and zeroing the reply of drops', async () => {
-    const base = { proto: 'tcp' as const, ctStatus: 0x1a8, ifname: 'eth0', packetsOrig: 3, bytesOrig: 180, packetsReply: 2, bytesReply: 2 ** 40 };
+    const base = { proto: 'tcp' as const, ctStatus: 0x1a8, ifname: 'eth0', packetsOrig: 3, bytesOrig: 180, packetsReply: 2, bytesReply: 2 ** 40, proxyVersion: 0 };
     const hops: Hop[] = [
       {
         ...base, id: 2n ** 64n - 2n, node: 'node-1', kind: 'conn', family: 4, tsNs: ago(5), isn: 4_000_000_000, deliveredLocal: false,
@@ -230,7 +230,8 @@ describe('ClickHouseStore (embedded chdb)', () => {
       ]);
       const top = rows[0]!;
       expect(top).toEqual({
-        client: '192.168.1.10', seenAs: '10.240.0.1', connections: 4, ingressNode: 'node-1', endpointNode: 'node-2', snat: true,
+        client: '192.168.1.10', proxyClient: null, proxyVersion: 0, seenAs: '10.240.0.1', dialled: '10.96.0.10', dialledPort: 80,
+        endpoint: '10.180.1.5', connections: 4, whileTerminating: 0, ingressNode: 'node-1', endpointNode: 'node-2', snat: true,
         firstSeenNs: ago(30), lastSeenNs: ago(9), protocols: ['tcp'], stitched: true,
       });
       expect(findRow(rows, '192.168.1.11')?.protocols).toEqual(['tcp', 'udp']);

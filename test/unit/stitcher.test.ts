@@ -17,7 +17,7 @@ function hop(node: string, orig: WireTuple, reply: WireTuple, o: Partial<Hop> = 
   return {
     id: hash64([node, tsNs, seq++]),
     node, kind: 'conn', proto: 'tcp', family: 4, tsNs, orig, reply, ctStatus: 0, isn: 111, ifname: 'eth0',
-    deliveredLocal: false, packetsOrig: 0, bytesOrig: 0, packetsReply: 0, bytesReply: 0, ...o,
+    deliveredLocal: false, packetsOrig: 0, bytesOrig: 0, packetsReply: 0, bytesReply: 0, proxyVersion: 0, ...o,
   };
 }
 

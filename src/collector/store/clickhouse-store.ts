@@ -21,8 +21,14 @@ import {
   createDatabaseSql,
   createTableSql,
   encodeRows,
+  healthChecksTable,
   hopsTable,
   isValidDatabaseName,
+  podHistoryTable,
+  serviceHistoryTable,
+  type HealthCheckRow,
+  type PodHistoryRow,
+  type ServiceHistoryRow,
   lossRows,
   qualified,
   structureOf,
@@ -47,21 +53,34 @@ export interface StoreOptions {
 }
 
 export interface WhoQuery {
-  /** The pod address. */
-  endpoint: Addr16;
+  /** The pod address, or every address the pod had (NAMESPACE/POD targets). */
+  endpoint: Addr16 | readonly Addr16[];
   /** Only connections to this pod port. */
   port?: number;
   /** Only connections whose first hop is at or after this time (ns). */
   sinceNs: bigint;
+  /** Windows [from, to) in ns during which the pod was terminating: connections in them are counted apart. */
+  terminating?: ReadonlyArray<readonly [bigint, bigint]>;
 }
 
 /** One group of connections to the pod that share who called, what the pod saw, and the path. */
 export interface WhoRowData {
-  /** The real caller, null when the first hop was not captured. IPv4 as a.b.c.d. */
+  /** The caller as the kernel saw it at the first hop, null when that hop was not captured. IPv4 as a.b.c.d. */
   client: string | null;
+  /** The real client a PROXY protocol header named (then `client` is the proxy), else null. */
+  proxyClient: string | null;
+  /** 1 or 2 when proxyClient is set, else 0. */
+  proxyVersion: number;
   /** The source address the pod saw. */
   seenAs: string;
+  /** What the client dialled at the first hop (ClusterIP, node address, LB address, or the pod). */
+  dialled: string;
+  dialledPort: number;
+  /** The pod address these connections reached. */
+  endpoint: string;
   connections: number;
+  /** Of connections, those whose first hop fell in a `terminating` window. */
+  whileTerminating: number;
   ingressNode: string;
   endpointNode: string;
   snat: boolean;
@@ -163,6 +182,31 @@ export class ClickHouseStore {
     await this.#insert(connectionsTable, c);
   }
 
+  async insertHealthChecks(rows: HealthCheckRow[]): Promise<void> {
+    if (rows.length) await this.#insert(healthChecksTable, rows);
+  }
+
+  async insertServiceHistory(rows: ServiceHistoryRow[]): Promise<void> {
+    if (rows.length) await this.#insert(serviceHistoryTable, rows);
+  }
+
+  async insertPodHistory(rows: PodHistoryRow[]): Promise<void> {
+    if (rows.length) await this.#insert(podHistoryTable, rows);
+  }
+
+  /** `db`.`table` of this store, for queries built elsewhere (src/collector/etp.ts). */
+  tableName(table: TableDef<never>): string {
+    return qualified(this.database, table);
+  }
+
+  /**
+   * A read-only query built elsewhere; every caller value must be a {name:Type} parameter in
+   * `params` (never spliced into the text). `op` names it in errors.
+   */
+  async select<T>(op: string, table: TableDef<never>, query: string, params: Record<string, unknown>): Promise<T[]> {
+    return this.#select<T>(op, table, query, params);
+  }
+
   async insertLoss(s: LossSample[]): Promise<void> {
     if (s.length === 0) return;
     await this.#insert(agentLossTable, lossRows(s));
@@ -174,47 +218,86 @@ export class ClickHouseStore {
    * grouped by caller, source seen by the pod, path and stitch status.
    */
   async who(q: WhoQuery): Promise<WhoResult> {
-    if (!(q.endpoint instanceof Uint8Array) || q.endpoint.length !== 16) throw new StoreError('who: endpoint must be a 16-byte address', { exitCode: 2 });
+    const endpoints = q.endpoint instanceof Uint8Array ? [q.endpoint] : [...q.endpoint];
+    if (endpoints.length === 0 || endpoints.some((e) => !(e instanceof Uint8Array) || e.length !== 16)) {
+      throw new StoreError('who: endpoints must be 16-byte addresses', { exitCode: 2 });
+    }
     if (q.port !== undefined && (!Number.isInteger(q.port) || q.port < 0 || q.port > 65535)) throw new StoreError(`who: invalid port ${q.port}`, { exitCode: 2 });
-    const params: Record<string, unknown> = { endpoint: formatIPv6(q.endpoint, 0), since: q.sinceNs.toString() };
+    const windows = q.terminating ?? [];
+    const params: Record<string, unknown> = {
+      endpoints: endpoints.map((e) => formatIPv6(e, 0)),
+      since: q.sinceNs.toString(),
+      term_from: windows.map((w) => w[0].toString()),
+      term_to: windows.map((w) => w[1].toString()),
+    };
     if (q.port !== undefined) params['port'] = q.port;
     const portFilter = q.port === undefined ? '' : 'AND endpoint_port = {port:UInt16}';
     const since = 'fromUnixTimestamp64Nano({since:Int64})';
     const table = qualified(this.database, connectionsTable);
+    const hops = qualified(this.database, hopsTable);
     // Dedupe before filtering on time: the winning version decides the ts. A conn_id whose winner is
     // in the window has a row in the window, so candidates come from the primary key range and only
     // their versions are read (a conn_id keeps its endpoint): cost follows the window, not the TTL.
+    // A PROXY header (a 'proxy' hop on the endpoint's node) belongs to the connection whose pod-side
+    // tuple it was captured on: the closest one at or after the connection's first hop (ASOF), with
+    // a second of slack for clocks of different nodes.
     const query = `
       SELECT
         ${ipText('client')} AS client_text,
+        if(proxy_version > 0, ${ipText('proxy_client')}, NULL) AS proxy_client_text,
+        proxy_version,
         ${ipText('seen_as')} AS seen_as_text,
+        ${ipText('service')} AS dialled_text, service_port AS dialled_port,
+        ${ipText('endpoint')} AS endpoint_text,
         ingress_node, endpoint_node, snat, stitched,
         toString(count()) AS connections,
+        toString(countIf(arrayExists((f, t) -> conn_ns >= f AND conn_ns < t, {term_from:Array(Int64)}, {term_to:Array(Int64)}))) AS while_terminating,
         toString(toUnixTimestamp64Nano(min(first_ts))) AS first_ns,
         toString(toUnixTimestamp64Nano(max(last_ts))) AS last_ns,
         arraySort(groupUniqArray(toString(proto))) AS protocols
       FROM (
-        SELECT w.1 AS first_ts, w.2 AS last_ts, w.3 AS proto, w.4 AS endpoint_port, w.5 AS client, w.6 AS seen_as,
-               w.7 AS ingress_node, w.8 AS endpoint_node, w.9 AS snat, w.10 AS status, status = 'complete' AS stitched
+        SELECT c.*, toUnixTimestamp64Nano(c.first_ts) AS conn_ns,
+          if(p.p_version > 0 AND p.p_ts <= c.first_ts + INTERVAL 30 SECOND, p.p_client, NULL) AS proxy_client,
+          if(p.p_version > 0 AND p.p_ts <= c.first_ts + INTERVAL 30 SECOND, p.p_version, 0) AS proxy_version
         FROM (
-          SELECT argMax((ts, last_ts, proto, endpoint_port, client, seen_as, ingress_node, endpoint_node, snat, status), version) AS w
-          FROM ${table}
-          WHERE endpoint = {endpoint:IPv6}
-            AND conn_id IN (SELECT conn_id FROM ${table} WHERE endpoint = {endpoint:IPv6} AND ts >= ${since} ${portFilter})
-          GROUP BY conn_id
-        )
-        WHERE first_ts >= ${since} ${portFilter} AND status != 'superseded'
+          SELECT endpoint, w.1 AS first_ts, w.2 AS last_ts, w.3 AS proto, w.4 AS endpoint_port, w.5 AS client, w.6 AS seen_as,
+                 w.7 AS ingress_node, w.8 AS endpoint_node, w.9 AS snat, w.10 AS status, status = 'complete' AS stitched,
+                 w.11 AS seen_as_port, w.12 AS service, w.13 AS service_port, first_ts - INTERVAL 1 SECOND AS match_from
+          FROM (
+            SELECT endpoint, argMax((ts, last_ts, proto, endpoint_port, client, seen_as, ingress_node, endpoint_node, snat, status,
+                                     seen_as_port, service, service_port), version) AS w
+            FROM ${table}
+            WHERE endpoint IN {endpoints:Array(IPv6)}
+              AND conn_id IN (SELECT conn_id FROM ${table} WHERE endpoint IN {endpoints:Array(IPv6)} AND ts >= ${since} ${portFilter})
+            GROUP BY conn_id, endpoint
+          )
+          WHERE first_ts >= ${since} ${portFilter} AND status != 'superseded'
+        ) AS c
+        ASOF LEFT JOIN (
+          SELECT endpoint AS p_endpoint, orig_src AS p_src, orig_sport AS p_sport, orig_dport AS p_dport, ts AS p_ts,
+                 reply_src AS p_client, proxy_version AS p_version
+          FROM ${hops}
+          WHERE endpoint IN {endpoints:Array(IPv6)} AND kind = 'proxy' AND ts >= ${since} - INTERVAL 1 MINUTE
+        ) AS p
+        ON c.endpoint = p.p_endpoint AND c.seen_as = p.p_src AND c.seen_as_port = p.p_sport AND c.endpoint_port = p.p_dport
+           AND p.p_ts >= c.match_from
       )
-      GROUP BY client, seen_as, ingress_node, endpoint_node, snat, stitched
+      GROUP BY client, proxy_client, proxy_version, seen_as, service, service_port, endpoint, ingress_node, endpoint_node, snat, stitched
       ORDER BY count() DESC, max(last_ts) DESC, client_text, seen_as_text`;
     interface Raw {
       client_text: string | null;
+      proxy_client_text: string | null;
+      proxy_version: number;
       seen_as_text: string;
+      dialled_text: string;
+      dialled_port: number;
+      endpoint_text: string;
       ingress_node: string;
       endpoint_node: string;
       snat: boolean | number;
       stitched: boolean | number;
       connections: string;
+      while_terminating: string;
       first_ns: string;
       last_ns: string;
       protocols: string[];
@@ -224,8 +307,14 @@ export class ClickHouseStore {
     const rows = raw.map((r): WhoRowData => {
       const row: WhoRowData = {
         client: r.client_text,
+        proxyClient: r.proxy_client_text,
+        proxyVersion: Number(r.proxy_version),
         seenAs: r.seen_as_text,
+        dialled: r.dialled_text,
+        dialledPort: Number(r.dialled_port),
+        endpoint: r.endpoint_text,
         connections: Number(r.connections),
+        whileTerminating: Number(r.while_terminating),
         ingressNode: r.ingress_node,
         endpointNode: r.endpoint_node,
         snat: Boolean(r.snat),
