@@ -7,6 +7,7 @@ import { registerDoctorCommand } from './doctor-command.js';
 import { registerDemoCommand } from './demo-command.js';
 import { registerCollectorCommand } from './collector-command.js';
 import { registerWhoCommand } from './who-command.js';
+import { registerEtpCommand } from './etp-command.js';
 import { registerLabCommands } from '../lab/commands.js';
 import { NatlensError, describeError } from '../util/errors.js';
 import { PACKAGE_ROOT } from '../util/paths.js';
@@ -30,6 +31,7 @@ export function buildProgram(): Command {
   registerAgentCommand(program);
   registerCollectorCommand(program);
   registerWhoCommand(program);
+  registerEtpCommand(program);
   registerDoctorCommand(program);
   registerLabCommands(program);
   registerDemoCommand(program);

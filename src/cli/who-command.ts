@@ -9,7 +9,7 @@ export function registerWhoCommand(program: Command): void {
   program
     .command('who')
     .summary('who really called this pod: real clients next to the address the pod saw')
-    .argument('<target>', 'the pod: IP, IP:PORT or [IPv6]:PORT')
+    .argument('<target>', 'the pod: NAMESPACE/POD, IP, IP:PORT or [IPv6]:PORT')
     .option('--since <duration>', 'look back this far (default 1h)')
     .option('--collector <host:port>', 'the collector to ask (default 127.0.0.1:7070)')
     .option('--json', 'one JSON object, for scripts')
@@ -17,11 +17,15 @@ export function registerWhoCommand(program: Command): void {
       'Lists the clients that connected to TARGET: the real caller (CLIENT), the source address the\n' +
         'pod saw (SEEN AS; a node address when a node SNAT\'d the connection), how many connections,\n' +
         'the node where the connection entered the Service path (INGRESS) and the node of the pod\n' +
-        '(ENDPOINT). The last lines say how much of the answer may be missing: events lost by agents,\n' +
-        'connections whose hops could not all be joined (their unknown parts show as "?").',
+        '(ENDPOINT), and the Service the client dialled. When a proxy load balancer sent a PROXY protocol\n' +
+        'header, CLIENT is the client the header named (VIA: the proxy); when the load balancer proxies\n' +
+        'and sends nothing, CLIENT says so instead of guessing. TERM counts connections that reached the\n' +
+        'pod while it was terminating. The last lines say how much of the answer may be missing: events\n' +
+        'lost by agents, connections whose hops could not all be joined (their unknown parts show as "?").',
     )
     .addHelpText('after',
       '\nExamples:\n' +
+        '  natlens who default/source-ip-app-7c9d8b5f4-x2x9q\n' +
         '  natlens who 10.180.1.136\n' +
         '  natlens who 10.180.1.136:8080 --since 10m --json | jq \'.rows[] | select(.snat)\'\n')
     .action(async (targetText: string, opts: Record<string, string | boolean | undefined>) => {
@@ -46,10 +50,20 @@ export function whoJson(res: WhoResponse) {
   const c = res.complete;
   return {
     target: res.target,
+    pod: res.pod || null,
+    node: res.node || null,
     since: res.since,
     rows: res.rows.map((r) => ({
-      client: r.client === '' ? null : r.client,
+      client: r.client === '' || r.clientSource === 'proxy-not-carried' ? null : r.client,
+      client_source: r.clientSource || 'kernel',
+      proxy: r.proxy || null,
       seen_as: r.seenAs,
+      service: r.service || null,
+      service_port: r.servicePort || null,
+      frontend: r.frontend || null,
+      dialled: r.dialled || null,
+      pod: r.pod || null,
+      while_terminating: Number(r.whileTerminating),
       connections: Number(r.connections),
       ingress_node: r.ingressNode || null,
       endpoint_node: r.endpointNode || null,
@@ -71,11 +85,21 @@ export function whoJson(res: WhoResponse) {
 
 export function formatWho(res: WhoResponse): string {
   const j = whoJson(res);
-  const head = ['CLIENT', 'SEEN AS', 'CONNS', 'INGRESS', 'ENDPOINT', 'SNAT', 'PROTO', 'LAST SEEN'];
-  const rows = j.rows.map((r) => [r.client ?? '?', r.seen_as, String(r.connections), r.ingress_node ?? '?', r.endpoint_node ?? '?', r.snat ? 'yes' : 'no', r.protocols.join(','), r.last_seen]);
+  const head = ['CLIENT', 'VIA', 'SEEN AS', 'CONNS', 'TERM', 'SERVICE', 'INGRESS', 'ENDPOINT', 'SNAT', 'PROTO', 'LAST SEEN'];
+  const clientCell = (r: (typeof j.rows)[number]): string => {
+    if (r.client_source === 'proxy-not-carried') return 'unknown (proxy sent no header)';
+    if (r.client === null) return '?';
+    return r.client_source.startsWith('proxy-protocol-') ? `${r.client} (${r.client_source.replace('proxy-protocol-', 'PROXY ')})` : r.client;
+  };
+  const serviceCell = (r: (typeof j.rows)[number]): string => (r.service ? `${r.service}:${r.service_port} (${r.frontend})` : r.dialled ?? '-');
+  const rows = j.rows.map((r) => [
+    clientCell(r), r.proxy ?? '-', r.seen_as, String(r.connections), String(r.while_terminating), serviceCell(r), r.ingress_node ?? '?',
+    r.endpoint_node ?? '?', r.snat ? 'yes' : 'no', r.protocols.join(','), r.last_seen,
+  ]);
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
-  const out = [`who called ${j.target} since ${j.since}`];
+  const pod = j.pod && j.pod !== j.target ? ` (pod ${j.pod}${j.node ? ` on ${j.node}` : ''})` : j.node ? ` (on ${j.node})` : '';
+  const out = [`who called ${j.target}${pod} since ${j.since}`];
   if (rows.length === 0) out.push('  no connections stored for this target in the window');
   else out.push(line(head), ...rows.map(line));
   const c = j.complete;

@@ -61,6 +61,13 @@ export function addrKey(a: Addr16): string {
   return Buffer.from(a.buffer, a.byteOffset, 16).toString('latin1');
 }
 
+/** The address an addrKey() names (v6 keys are 16 latin1 characters, v4 keys at most 10 digits). */
+export function addrFromKey(key: string): Addr16 {
+  if (key.length === 16) return Uint8Array.from(Buffer.from(key, 'latin1'));
+  const n = Number(key);
+  return toAddr16(Uint8Array.of(n >>> 24, (n >>> 16) & 0xff, (n >>> 8) & 0xff, n & 0xff));
+}
+
 /** Map key of a wire tuple (one direction of one connection on the wire). */
 export function tupleKey(proto: string, t: WireTuple): string {
   return `${proto}|${addrKey(t.src)}|${t.sport}|${addrKey(t.dst)}|${t.dport}`;

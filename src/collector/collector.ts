@@ -5,15 +5,18 @@
  * an agent can then forget it. Stitched connections are derived from stored hops.
  */
 import { EventEmitter } from 'node:events';
-import { addrKey, formatAddr, toAddr16 } from './addr.js';
+import { addrFromKey, addrKey, formatAddr, parseAddr, toAddr16 } from './addr.js';
 import { endpointOf, hopFromEvent } from './hop-from-event.js';
-import type { Hop, LossSample } from './hop.js';
+import type { Addr16, Hop, LossSample } from './hop.js';
 import { PeerRing, type Peer } from './peer-ring.js';
 import { Stitcher, type StitcherOptions } from './stitcher.js';
-import type { ClickHouseStore } from './store/clickhouse-store.js';
+import type { ClickHouseStore, WhoRowData } from './store/clickhouse-store.js';
+import type { HealthCheckRow, PodHistoryRow, ServiceHistoryRow } from './store/schema.js';
+import { etpReport, frontendsOf, loadServiceStates, mergeEtpPeriods, type ServiceStateRow } from './etp.js';
+import { podTimeline, latestServiceStates, type PodState } from './k8s-history.js';
 import { formatTimestamp } from '../agent/events.js';
-import type { EventBatch, Hello, HopEvent, WhoRequest, WhoResponse, WhoRow, Completeness } from '../transport/proto.generated.js';
-import { createCompleteness, createWhoResponse, createWhoRow } from '../transport/proto.generated.js';
+import type { EtpRequest, EtpResponse, EventBatch, Hello, HopEvent, WhoRequest, WhoResponse, WhoRow, Completeness } from '../transport/proto.generated.js';
+import { createCompleteness, createEtpResponse, createWhoResponse, createWhoRow } from '../transport/proto.generated.js';
 import { CollectorStreamClient } from '../transport/stream-client.js';
 import { QueryClient } from '../transport/query-client.js';
 import { NatlensError } from '../util/errors.js';
@@ -46,6 +49,60 @@ const GRPC_INVALID_ARGUMENT = 3;
 const MAX_BATCH_IDS_PER_AGENT = 20_000;
 const MAX_AGENTS_TRACKED = 10_000;
 const GRPC_UNAVAILABLE = 14;
+const GRPC_NOT_FOUND = 5;
+
+interface ResolvedTarget {
+  /** As the answer names it. */
+  text: string;
+  addrs: Addr16[];
+  port?: number;
+  /** The pod's recorded states (one pod, or whichever pods had the address). */
+  timeline: PodState[];
+  pod: string;
+}
+
+interface ServiceFront {
+  namespace: string;
+  name: string;
+  portName: string;
+  frontend: string;
+  proxyLoadBalancer: boolean;
+}
+type ServiceDirectory = Map<string, ServiceFront>;
+
+/** The addresses this collector owns (all of them when it runs alone). */
+function req_own(addrs: Addr16[], ring: PeerRing): Addr16[] {
+  return ring.scaledOut ? addrs.filter((a) => ring.isSelf(ring.ownerOf(a))) : addrs;
+}
+
+/** [from, to) windows during which a pod of the timeline was terminating. */
+function terminatingWindows(timeline: readonly PodState[]): Array<[bigint, bigint]> {
+  const out: Array<[bigint, bigint]> = [];
+  const byPod = new Map<string, PodState[]>();
+  for (const s of timeline) {
+    const k = `${s.namespace}/${s.name}/${s.uid}`;
+    byPod.set(k, [...(byPod.get(k) ?? []), s]);
+  }
+  for (const states of byPod.values()) {
+    let from: bigint | null = null;
+    for (const s of states) {
+      if (s.terminating && !s.deleted && from === null) from = s.tsNs;
+      else if ((!s.terminating || s.deleted) && from !== null) {
+        out.push([from, s.tsNs]);
+        from = null;
+      }
+    }
+    if (from !== null) out.push([from, 1n << 62n]);
+  }
+  return out;
+}
+
+/** Pod address -> "namespace/name" of the pod that last had it in the timeline. */
+function podNamer(timeline: readonly PodState[]): (ip: string) => string {
+  const m = new Map<string, string>();
+  for (const s of timeline) for (const ip of s.ips) m.set(ip, `${s.namespace}/${s.name}`);
+  return (ip) => m.get(ip) ?? '';
+}
 
 export class Collector extends EventEmitter {
   readonly stitcher: Stitcher;
@@ -54,6 +111,10 @@ export class Collector extends EventEmitter {
   /** Resolves the accept() of each batch whose hops are in `hops`, once they are stored. */
   private waiters: Array<() => void> = [];
   private readonly loss = new Map<string, LossSample>();
+  private health: HealthCheckRow[] = [];
+  /** Kubernetes history (from the collector's watch), stored with the next flush. */
+  private serviceHistory: ServiceHistoryRow[] = [];
+  private podHistory: PodHistoryRow[] = [];
   private pendingConnections: ReturnType<Stitcher['tick']> = [];
   private flushing: Promise<void> | null = null;
   private roomWaiters: Array<() => void> = [];
@@ -122,6 +183,12 @@ export class Collector extends EventEmitter {
     this.counters.events += batch.events.length;
     // A forwarding collector's own stream carries no agent's counters unless it names the node.
     if (batch.loss && (!hello.forwardedBy || batch.loss.node)) this.takeLoss(batch.loss, hello);
+    for (const h of batch.healthChecks ?? []) {
+      this.health.push({
+        tsNs: h.tsNs, node: h.node || hello.node, namespace: h.namespace, service: h.service, port: h.port,
+        statusCode: h.statusCode, localEndpoints: h.localEndpoints, error: h.error,
+      });
+    }
     const local: HopEvent[] = [];
     const remote = new Map<string, { peer: Peer; events: HopEvent[] }>();
     const { ring } = this.options;
@@ -160,6 +227,16 @@ export class Collector extends EventEmitter {
     // Acks wait for the store: a full buffer goes now rather than at the next tick.
     if (this.hops.length >= (this.options.flushRows ?? 20_000)) void this.flush().catch(() => {});
     return stored;
+  }
+
+  /** A Service's state changed (or was first seen): stored with the next flush. */
+  recordServiceHistory(row: ServiceHistoryRow): void {
+    this.serviceHistory.push(row);
+  }
+
+  /** A Pod's addresses, node or conditions changed: stored with the next flush. */
+  recordPodHistory(row: PodHistoryRow): void {
+    this.podHistory.push(row);
   }
 
   private takeLoss(report: NonNullable<EventBatch['loss']>, hello: Hello): void {
@@ -204,15 +281,26 @@ export class Collector extends EventEmitter {
     this.pendingConnections = [];
     const loss = [...this.loss.values()];
     this.loss.clear();
+    const health = this.health;
+    this.health = [];
+    const services = this.serviceHistory;
+    const pods = this.podHistory;
+    this.serviceHistory = [];
+    this.podHistory = [];
     const { store } = this.options;
     try {
+      // Everything a batch carried is stored before it is acknowledged.
       if (hops.length) await store.insertHops(hops);
       this.counters.storedHops += hops.length;
+      await store.insertHealthChecks(health);
     } catch (err) {
       // Keep everything and retry on the next tick; agents hold their unacked batches meanwhile.
       this.hops = hops.concat(this.hops);
+      this.health = health.concat(this.health);
       this.waiters = waiters.concat(this.waiters);
       this.pendingConnections = connections.concat(this.pendingConnections);
+      this.serviceHistory = services.concat(this.serviceHistory);
+      this.podHistory = pods.concat(this.podHistory);
       this.keepLoss(loss);
       this.storeFailed(err as Error);
       return;
@@ -223,10 +311,14 @@ export class Collector extends EventEmitter {
       if (connections.length) await store.insertConnections(connections);
       this.counters.storedConnections += connections.length;
       if (loss.length) await store.insertLoss(loss);
+      await store.insertServiceHistory(services);
+      await store.insertPodHistory(pods);
       this.storeFailures = 0;
     } catch (err) {
       this.pendingConnections = connections.concat(this.pendingConnections);
       this.keepLoss(loss);
+      this.serviceHistory = services.concat(this.serviceHistory);
+      this.podHistory = pods.concat(this.podHistory);
       this.storeFailed(err as Error);
     }
   }
@@ -250,22 +342,48 @@ export class Collector extends EventEmitter {
   // ---- query (QuerySink) ----
 
   async who(req: WhoRequest): Promise<WhoResponse> {
-    const target = parseTarget(req.target);
-    if (typeof target === 'string') throw new QueryError(target, GRPC_INVALID_ARGUMENT);
     const sinceMs = req.sinceMs > 0n ? Number(req.sinceMs) : 3_600_000;
+    const sinceNs = BigInt(Date.now() - sinceMs) * 1_000_000n;
+    const target = await this.resolveTarget(req.target, sinceNs);
     const { ring } = this.options;
-    if (req.forwarded || !ring.scaledOut) return this.whoLocal(target.addr, target.port, sinceMs);
-    // Rows come from the collector owning the endpoint; every collector adds the loss it saw.
-    const owner = ring.ownerOf(target.addr);
+    if (req.forwarded || !ring.scaledOut) return this.whoLocal(target, sinceNs);
+    // Rows come from the collectors owning the pod's addresses; every collector adds the loss it saw.
+    const owners = new Set(target.addrs.map((a) => ring.ownerOf(a).id));
     const answers = await Promise.all(ring.peers.map((p) => (ring.isSelf(p)
-      ? this.whoLocal(target.addr, target.port, sinceMs)
+      ? this.whoLocal(target, sinceNs)
       : this.queryClient(p).who({ ...req, forwarded: true }).catch((e: Error) => {
-        if (p.id === owner.id) throw new QueryError(`collector ${p.id} (${p.address}), which holds ${req.target}, did not answer: ${e.message}`, GRPC_UNAVAILABLE, { cause: e });
+        if (owners.has(p.id)) throw new QueryError(`collector ${p.id} (${p.address}), which holds ${req.target}, did not answer: ${e.message}`, GRPC_UNAVAILABLE, { cause: e });
         return null;
       }))));
-    const own = answers[ring.peers.indexOf(owner)]!;
+    const own = answers.filter((a, i): a is WhoResponse => a !== null && owners.has(ring.peers[i]!.id));
     const complete = mergeCompleteness(answers.filter((a): a is WhoResponse => a !== null).map((a) => a.complete!));
-    return createWhoResponse({ ...own, complete });
+    const rows = own.flatMap((a) => a.rows).sort((a, b) => Number(b.connections - a.connections));
+    return createWhoResponse({ ...own[0]!, rows, complete });
+  }
+
+  /** IP[:PORT] or NAMESPACE/POD -> the addresses to look up and what is known of the pod. */
+  private async resolveTarget(text: string, sinceNs: bigint): Promise<ResolvedTarget> {
+    const parsed = parseTarget(text);
+    if (typeof parsed === 'string') throw new QueryError(parsed, GRPC_INVALID_ARGUMENT);
+    const { store } = this.options;
+    if ('pod' in parsed) {
+      const timeline = await podTimeline(store, { namespace: parsed.namespace, name: parsed.pod, sinceNs });
+      const addrs = [...new Set(timeline.flatMap((p) => p.ips))].map((ip) => parseAddr(ip)).filter((a): a is Addr16 => a !== null);
+      if (addrs.length === 0) {
+        throw new QueryError(`no pod ${parsed.namespace}/${parsed.pod} with an address was seen since ${formatTimestamp(sinceNs)} (is the collector watching Kubernetes? try its IP)`, GRPC_NOT_FOUND);
+      }
+      return { text: `${parsed.namespace}/${parsed.pod}`, addrs, timeline, pod: `${parsed.namespace}/${parsed.pod}` };
+    }
+    const ip = formatAddr(parsed.addr);
+    const timeline = await podTimeline(store, { ip, sinceNs });
+    const latest = timeline[timeline.length - 1];
+    return {
+      text: parsed.port === undefined ? ip : `${parsed.addr.length && ip.includes(':') ? `[${ip}]` : ip}:${parsed.port}`,
+      addrs: [parsed.addr],
+      port: parsed.port,
+      timeline,
+      pod: latest ? `${latest.namespace}/${latest.name}` : '',
+    };
   }
 
   private queryClient(p: Peer): QueryClient {
@@ -274,25 +392,130 @@ export class Collector extends EventEmitter {
     return c;
   }
 
-  private async whoLocal(endpoint: Uint8Array, port: number | undefined, sinceMs: number): Promise<WhoResponse> {
-    const sinceNs = BigInt(Date.now() - sinceMs) * 1_000_000n;
+  private async whoLocal(target: ResolvedTarget, sinceNs: bigint): Promise<WhoResponse> {
     const { store } = this.options;
-    const [answer, loss] = await Promise.all([store.who({ endpoint, port, sinceNs }), store.lossSince(sinceNs)]);
-    const rows: WhoRow[] = answer.rows.map((r) => createWhoRow({
-      client: r.client ?? '', seenAs: r.seenAs, connections: BigInt(r.connections), ingressNode: r.ingressNode,
-      endpointNode: r.endpointNode, snat: r.snat, firstSeen: formatTimestamp(r.firstSeenNs), lastSeen: formatTimestamp(r.lastSeenNs),
-      protocols: r.protocols, stitched: r.stitched,
-    }));
+    const { ring } = this.options;
+    const own = req_own(target.addrs, ring);
+    const [answer, loss, services] = await Promise.all([
+      own.length ? store.who({ endpoint: own, port: target.port, sinceNs, terminating: terminatingWindows(target.timeline) }) : Promise.resolve({ rows: [], unstitched: 0 }),
+      store.lossSince(sinceNs),
+      latestServiceStates(store, sinceNs),
+    ]);
+    const directory = this.serviceDirectory(services);
+    const podOf = podNamer(target.timeline);
+    const rows: WhoRow[] = answer.rows.map((r) => this.whoRow(r, directory, podOf));
     const lostByStage: Record<string, bigint> = {};
     for (const [k, v] of Object.entries(loss.byStage)) lostByStage[k] = BigInt(v);
+    const latest = target.timeline[target.timeline.length - 1];
     return createWhoResponse({
-      target: port === undefined ? formatAddr(endpoint) : `${formatAddr(endpoint)}:${port}`,
+      target: target.text,
       rows,
       since: formatTimestamp(sinceNs),
+      pod: target.pod,
+      node: latest?.node ?? '',
       complete: createCompleteness({
         eventsLost: BigInt(loss.total), lostByStage, unstitched: BigInt(answer.unstitched),
         nodesReporting: loss.nodes, collectors: [this.id],
       }),
+    });
+  }
+
+  private whoRow(r: WhoRowData, directory: ServiceDirectory, podOf: (ip: string) => string): WhoRow {
+    const svc = directory.get(`${r.dialled}|${r.dialledPort}`);
+    let client = r.client ?? '';
+    let clientSource = 'kernel';
+    let proxy = '';
+    if (r.proxyClient !== null && r.proxyVersion > 0) {
+      proxy = client;
+      client = r.proxyClient;
+      clientSource = `proxy-protocol-v${r.proxyVersion}`;
+    } else if (svc?.proxyLoadBalancer && svc.frontend === 'NodePort' && client !== '' && !this.isNodeAddress(client)) {
+      // The Service's load balancer proxies (ipMode Proxy) and sent no header: the caller we see is
+      // the proxy, and nothing carries the real client.
+      proxy = client;
+      clientSource = 'proxy-not-carried';
+    }
+    const dialled = r.dialled.includes(':') ? `[${r.dialled}]:${r.dialledPort}` : `${r.dialled}:${r.dialledPort}`;
+    return createWhoRow({
+      client, seenAs: r.seenAs, connections: BigInt(r.connections), ingressNode: r.ingressNode,
+      endpointNode: r.endpointNode, snat: r.snat, firstSeen: formatTimestamp(r.firstSeenNs), lastSeen: formatTimestamp(r.lastSeenNs),
+      protocols: r.protocols, stitched: r.stitched, clientSource, proxy,
+      service: svc ? `${svc.namespace}/${svc.name}` : '', servicePort: svc?.portName ?? '', frontend: svc?.frontend ?? '',
+      dialled, whileTerminating: BigInt(r.whileTerminating), pod: podOf(r.endpoint),
+    });
+  }
+
+  private isNodeAddress(ip: string): boolean {
+    const a = parseAddr(ip);
+    return a !== null && this.nodeAddresses.has(addrKey(a));
+  }
+
+  /** Node name -> its addresses, as agents announced them (Hello) or SNAT revealed them. */
+  nodeAddressMap(): Map<string, string[]> {
+    const m = new Map<string, string[]>();
+    for (const [key, node] of this.nodeAddresses) {
+      const list = m.get(node) ?? [];
+      list.push(formatAddr(addrFromKey(key)));
+      m.set(node, list);
+    }
+    return m;
+  }
+
+  /** address|port -> the Service it fronts, from the latest recorded state of every Service. */
+  private serviceDirectory(states: Array<{ namespace: string; name: string; state: ServiceStateRow }>): ServiceDirectory {
+    const dir: ServiceDirectory = new Map();
+    const nodes = this.nodeAddressMap();
+    for (const { namespace, name, state } of states) {
+      const proxyLoadBalancer = state.loadBalancerIngress.some((i) => i.ipMode === 'Proxy');
+      for (const p of state.ports) {
+        const portName = p.name || String(p.port);
+        const put = (ip: string, port: number, frontend: string): void => {
+          const a = parseAddr(ip);
+          if (a) dir.set(`${formatAddr(a)}|${port}`, { namespace, name, portName, frontend, proxyLoadBalancer });
+        };
+        for (const ip of state.clusterIps) put(ip, p.port, 'ClusterIP');
+        for (const i of state.loadBalancerIngress) put(i.ip, p.port, 'LoadBalancer');
+        if (p.nodePort) for (const ips of nodes.values()) for (const ip of ips) put(ip, p.nodePort, 'NodePort');
+      }
+    }
+    return dir;
+  }
+
+  async etp(req: EtpRequest): Promise<EtpResponse> {
+    const m = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?)\/([a-z0-9]([-a-z0-9.]*[a-z0-9])?)$/.exec(req.service.trim());
+    if (!m) throw new QueryError(`'${req.service}' is not NAMESPACE/SERVICE (e.g. default/loadbalancer)`, GRPC_INVALID_ARGUMENT);
+    const [namespace, name] = [m[1]!, m[3]!];
+    const sinceMs = req.sinceMs > 0n ? Number(req.sinceMs) : 3_600_000;
+    const sinceNs = BigInt(Date.now() - sinceMs) * 1_000_000n;
+    const local = await this.etpLocal(namespace, name, sinceNs);
+    const { ring } = this.options;
+    if (req.forwarded || !ring.scaledOut) return local;
+    const answers = await Promise.all(ring.peers.map((p) => (ring.isSelf(p)
+      ? local
+      : this.queryClient(p).etp({ ...req, forwarded: true }).catch((e: Error) => {
+        throw new QueryError(`collector ${p.id} (${p.address}) did not answer: ${e.message}`, GRPC_UNAVAILABLE, { cause: e });
+      }))));
+    const periods = mergeEtpPeriods(answers.map((a) => a.periods));
+    if (periods === null) throw new QueryError(`collectors disagree on ${namespace}/${name}'s policy history; ask again once their Kubernetes watches have caught up`, GRPC_UNAVAILABLE);
+    return createEtpResponse({ ...local, periods, complete: mergeCompleteness(answers.map((a) => a.complete!)) });
+  }
+
+  private async etpLocal(namespace: string, name: string, sinceNs: bigint): Promise<EtpResponse> {
+    const { store } = this.options;
+    const [report, loss] = await Promise.all([
+      etpReport(store, { namespace, name, sinceNs, nowNs: BigInt(Date.now()) * 1_000_000n, nodeAddresses: this.nodeAddressMap() }),
+      store.lossSince(sinceNs),
+    ]);
+    if (!report.known) {
+      throw new QueryError(`no Service ${namespace}/${name} was recorded since ${formatTimestamp(sinceNs)} (is the collector watching Kubernetes? see natlens collector --help)`, GRPC_NOT_FOUND);
+    }
+    const lostByStage: Record<string, bigint> = {};
+    for (const [k, v] of Object.entries(loss.byStage)) lostByStage[k] = BigInt(v);
+    return createEtpResponse({
+      service: `${namespace}/${name}`,
+      since: formatTimestamp(sinceNs),
+      periods: report.periods,
+      complete: createCompleteness({ eventsLost: BigInt(loss.total), lostByStage, unstitched: 0n, nodesReporting: loss.nodes, collectors: [this.id] }),
     });
   }
 

@@ -1,4 +1,4 @@
-/** Parses a `who` target: IP, IP:PORT or [IPv6]:PORT. NAMESPACE/POD needs Kubernetes metadata (next issue). */
+/** Parses a `who` target: IP, IP:PORT, [IPv6]:PORT or NAMESPACE/POD. */
 import { parseAddr } from '../collector/addr.js';
 
 export interface Target {
@@ -6,10 +6,22 @@ export interface Target {
   port?: number;
 }
 
+/** A pod by name: answered from the addresses the collector recorded for it. */
+export interface PodTarget {
+  namespace: string;
+  pod: string;
+}
+
+// DNS-1123 label (namespace) / subdomain (pod name), as the API server validates them.
+const POD_TARGET = /^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)\/([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)$/;
+
 /** The target, or a message saying what is wrong with it. */
-export function parseTarget(text: string): Target | string {
+export function parseTarget(text: string): Target | PodTarget | string {
   const t = text.trim();
-  if (t === '') return 'target is empty: give a pod IP, IP:PORT or [IPv6]:PORT';
+  if (t === '') return 'target is empty: give NAMESPACE/POD, a pod IP, IP:PORT or [IPv6]:PORT';
+  const pod = POD_TARGET.exec(t);
+  if (pod) return { namespace: pod[1]!, pod: pod[3]! };
+  if (t.includes('/')) return `'${t.slice(0, 100)}' is not NAMESPACE/POD: both must be lowercase letters, digits and '-' (pod names may contain '.')`;
   if (t.length > 100) return 'target is too long to be an address';
   let host = t;
   let portText: string | undefined;
@@ -22,7 +34,6 @@ export function parseTarget(text: string): Target | string {
   }
   const addr = parseAddr(host);
   if (!addr) {
-    if (/^[a-z0-9-]+\/[a-z0-9.-]+$/i.test(t)) return `'${t}' looks like NAMESPACE/POD: naming pods needs Kubernetes metadata, which this collector does not have yet; give the pod's IP`;
     return `'${t}' is not an IP address, IP:PORT or [IPv6]:PORT`;
   }
   if (portText === undefined) return { addr };
