@@ -55,6 +55,9 @@ export const AGENT_SETTINGS = {
   lockDir: { env: 'NATLENS_LOCK_DIR', default: '/run/natlens', parse: str, help: 'where per-namespace agent locks live' },
   collector: { env: 'NATLENS_COLLECTOR', default: undefined as string | undefined, parse: (t: string, src: string) => (t === '' ? undefined : hostPort(t, src)), help: 'stream to the collector at HOST:PORT' },
   batchEvents: { env: 'NATLENS_BATCH_EVENTS', default: 1000, parse: int(1, 5000), help: 'events per batch sent to the collector' },
+  kubernetes: { env: 'NATLENS_KUBERNETES', default: false, parse: bool, help: 'watch Kubernetes (this node\'s pods, Services) to read health-check node ports' },
+  kubeconfig: { env: 'NATLENS_KUBECONFIG', default: undefined, parse: optionalStr, help: 'watch Kubernetes through this kubeconfig file' },
+  healthIntervalMs: { env: 'NATLENS_HEALTH_CHECK_INTERVAL', default: 2000, parse: durationMs(100, 600_000), help: 'read this node\'s health-check node ports this often' },
   queueEvents: { env: 'NATLENS_QUEUE_EVENTS', default: 200_000, parse: int(1000, 10_000_000), help: 'events held while the collector is slow or away; beyond, new events are counted lost' },
 } satisfies Record<string, Setting<unknown>>;
 
@@ -79,6 +82,8 @@ export const COLLECTOR_SETTINGS = {
   flushMs: { env: 'NATLENS_FLUSH_INTERVAL', default: 250, parse: durationMs(10, 10_000), help: 'store received events at least this often' },
   maxBatchEvents: { env: 'NATLENS_MAX_BATCH_EVENTS', default: 5000, parse: int(1, 100_000), help: 'largest batch accepted from an agent' },
   maxMessageBytes: { env: 'NATLENS_MAX_MESSAGE_BYTES', default: 16 << 20, parse: int(1024, 256 << 20), help: 'largest gRPC message accepted' },
+  kubernetes: { env: 'NATLENS_KUBERNETES', default: false, parse: bool, help: 'watch Kubernetes (in-cluster config, else $KUBECONFIG / ~/.kube/config) for names and Service history' },
+  kubeconfig: { env: 'NATLENS_KUBECONFIG', default: undefined, parse: optionalStr, help: 'watch Kubernetes through this kubeconfig file' },
 } satisfies Record<string, Setting<unknown>>;
 
 export const QUERY_SETTINGS = {

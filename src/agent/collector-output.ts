@@ -12,11 +12,16 @@ import { NATLENS_VERSION } from '../util/paths.js';
 import type { Agent } from './agent.js';
 import { hopEventFromRecord } from './hop-event-encoder.js';
 import { NodeNetworkWatch } from './node-network.js';
+import { HealthProber } from './health-prober.js';
+import { ClusterWatch } from '../k8s/cluster-watch.js';
+import type { KubeConfig } from '@kubernetes/client-node';
 
 export interface CollectorOutputOptions {
   target: string;
   batchEvents: number;
   queueEvents: number;
+  /** Watch Kubernetes (this node, Services) and read the node's health-check node ports. */
+  kubernetes?: { kubeConfig: KubeConfig; healthIntervalMs: number };
 }
 
 /** Events: 'status' ({ event, ...fields }) for the CLI to log. */
@@ -25,6 +30,8 @@ export class CollectorOutput extends EventEmitter {
   private client: CollectorStreamClient | undefined;
   private readonly network: NodeNetworkWatch;
   private captured = 0;
+  private watch: ClusterWatch | undefined;
+  private prober: HealthProber | undefined;
 
   constructor(private readonly agent: Agent, private readonly options: CollectorOutputOptions) {
     super();
@@ -56,6 +63,7 @@ export class CollectorOutput extends EventEmitter {
     this.client = client;
     client.on('connected', () => this.emit('status', { event: 'connected', collector: this.options.target }));
     client.on('disconnected', (reason: unknown) => this.emit('status', { event: 'disconnected', collector: this.options.target, reason: String(reason) }));
+    if (this.options.kubernetes) await this.startHealthChecks(this.options.kubernetes, net.addresses, client);
     agent.flowSink = (buf, off) => {
       const ev = hopEventFromRecord(buf, off, (i) => agent.interfaceName(i), (n) => this.network.deliversLocally(n));
       this.captured++;
@@ -64,12 +72,41 @@ export class CollectorOutput extends EventEmitter {
     await agent.start();
   }
 
+  /** Watches this node's Services and reads their health-check node ports into the stream. */
+  private async startHealthChecks(k: NonNullable<CollectorOutputOptions['kubernetes']>, nodeAddresses: string[], client: CollectorStreamClient): Promise<void> {
+    const node = this.agent.options.node;
+    this.watch = await ClusterWatch.start({
+      kubeConfig: k.kubeConfig,
+      resources: ['Service', 'Node'],
+      nodeName: node,
+      log: (fields) => this.emit('status', { event: 'k8s', ...fields }),
+    });
+    const metadata = this.watch.metadata;
+    this.prober = new HealthProber({
+      netns: this.agent.options.netns,
+      // The address a cloud load balancer would probe: the node's InternalIP (IPv4 first).
+      nodeAddress: () => {
+        const known = metadata.node(node)?.addresses ?? nodeAddresses;
+        return known.find((a) => !a.includes(':')) ?? known[0];
+      },
+      targets: () => metadata.services()
+        .filter((s) => s.type === 'LoadBalancer' && s.externalTrafficPolicy === 'Local' && s.healthCheckNodePort > 0)
+        .map((s) => ({ namespace: s.namespace, name: s.name, port: s.healthCheckNodePort })),
+      intervalMs: k.healthIntervalMs,
+      timeoutMs: Math.min(1000, k.healthIntervalMs),
+      onReading: (r) => client.pushHealthCheck(r),
+    });
+    this.prober.start();
+  }
+
   stats() {
     return { captured: this.captured, ...this.client?.stats() };
   }
 
   /** Stops capture (filters detached), then sends what is queued; returns events never acknowledged. */
   async stop(drainTimeoutMs = 5000): Promise<number> {
+    await this.prober?.stop();
+    await this.watch?.stop();
     await this.agent.stop();
     this.network.stop();
     return (await this.client?.close({ drainTimeoutMs })) ?? 0;

@@ -5,6 +5,9 @@ import { ClickHouseStore } from '../collector/store/clickhouse-store.js';
 import { COLLECTOR_SETTINGS, resolveConfig, type ConfigOf } from '../config.js';
 import { startTransportServer, type TransportServer } from '../transport/stream-server.js';
 import { UsageError } from '../util/errors.js';
+import { ClusterMetadata } from '../k8s/cluster-metadata.js';
+import { ClusterWatch } from '../k8s/cluster-watch.js';
+import { loadKubeConfig } from '../k8s/kube-config.js';
 import { NATLENS_VERSION } from '../util/paths.js';
 
 export function registerCollectorCommand(program: Command): void {
@@ -28,6 +31,8 @@ export function registerCollectorCommand(program: Command): void {
     .option('--window <duration>', 'largest time difference between two hops of one connection (default 5s)')
     .option('--retention <duration>', 'keep stitching late hops this long after storing a connection (default 15s)')
     .option('--flush-interval <duration>', 'store received events at least this often (default 250ms)')
+    .option('--kubernetes', 'watch Kubernetes (in-cluster, else $KUBECONFIG or ~/.kube/config): pod and Service names, Service history for etp')
+    .option('--kubeconfig <path>', 'watch Kubernetes through this kubeconfig (e.g. the lab\'s: natlens lab api-server)')
     .addHelpText('after',
       '\nExamples:\n' +
         '  natlens collector --data /var/lib/natlens                       # embedded store\n' +
@@ -40,6 +45,7 @@ export function registerCollectorCommand(program: Command): void {
       const cfg = resolveConfig(COLLECTOR_SETTINGS, {
         listen: opts.listen, data: opts.data, clickhouseUrl: opts.clickhouseUrl, database: opts.database, ttlDays: opts.ttlDays,
         id: opts.id, peers: opts.peers, holdMs: opts.hold, windowMs: opts.window, retentionMs: opts.retention, flushMs: opts.flushInterval,
+        kubernetes: opts.kubernetes as string | boolean | undefined, kubeconfig: opts.kubeconfig,
       }, process.env, { holdMs: '--hold', windowMs: '--window', retentionMs: '--retention', flushMs: '--flush-interval' });
       await runCollector(cfg);
     });
@@ -54,6 +60,8 @@ export interface CollectorService {
   store: ClickHouseStore;
   server: TransportServer;
   ring: PeerRing;
+  /** The Kubernetes watch, when configured. */
+  watch?: ClusterWatch;
   /** Stops taking streams, stores what is held, closes the store. */
   close(): Promise<void>;
 }
@@ -69,7 +77,20 @@ export async function startCollectorService(cfg: ConfigOf<typeof COLLECTOR_SETTI
   });
   collector.start();
   let server: TransportServer;
+  let watch: ClusterWatch | undefined;
   try {
+    if (cfg.kubernetes || cfg.kubeconfig) {
+      // Rows emitted during the initial sync are kept: they are the state in force from now on.
+      const metadata = new ClusterMetadata();
+      metadata.on('service-history', (row) => collector.recordServiceHistory(row));
+      metadata.on('pod-history', (row) => collector.recordPodHistory(row));
+      watch = await ClusterWatch.start({
+        kubeConfig: loadKubeConfig({ kubeconfig: cfg.kubeconfig }),
+        resources: ['Pod', 'Service', 'EndpointSlice', 'Node'],
+        metadata,
+        log: (fields) => status('k8s', fields),
+      });
+    }
     server = await startTransportServer({
       listen: cfg.listen, agentSink: collector, querySink: collector, collectorId: cfg.id,
       maxBatchEvents: cfg.maxBatchEvents, maxMessageBytes: cfg.maxMessageBytes,
@@ -77,13 +98,15 @@ export async function startCollectorService(cfg: ConfigOf<typeof COLLECTOR_SETTI
       maxInflightBatchesPerStream: 64,
     });
   } catch (err) {
+    await watch?.stop();
     await collector.close();
     await store.close();
     throw err;
   }
   return {
-    collector, store, server, ring,
+    collector, store, server, ring, watch,
     async close() {
+      await watch?.stop();
       await server.close();
       await collector.close();
       await store.close();
