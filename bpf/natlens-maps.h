@@ -20,6 +20,12 @@
 #define NL_PENDING_MAX 65536    /* entries of pending_attempts */
 #define NL_DEDUP_MAX 65536      /* entries of each egress dedupe map */
 
+/* PROXY header capture (nl_cfg.capture_proxy). A watched connection lives in
+ * proxy_watch from its SYN until its first segment with data, FIN or RST,
+ * usually one round trip, so the map stays tiny; LRU bounds the rest. */
+#define NL_PROXY_WATCH_MAX 16384 /* entries of proxy_watch */
+#define NL_PROXY_HINT_SLOTS 4096 /* counters of proxy_hint; a power of two */
+
 /* A packet's 5-tuple as seen on the wire; IPv4 in the first 4 address bytes. */
 struct nl_flow_key {
 	__u8 family;    /* 4 or 6 */
@@ -39,6 +45,12 @@ struct nl_pending {
 	__u32 ifindex;   /* interface the attempt arrived on */
 	__u32 attempts;  /* packets seen for this attempt */
 	__u32 reported;  /* set by the CLI once a DROP record was written */
+};
+
+/* proxy_watch value: a new TCP connection whose first data segment has not
+ * left yet. Its first payload byte has sequence number isn + 1. */
+struct nl_proxy_watch {
+	__u32 isn;       /* TCP ISN of the SYN (host order) */
 };
 
 #endif /* NATLENS_MAPS_H */

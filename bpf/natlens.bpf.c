@@ -8,6 +8,11 @@
  * NAT'd and its entry confirmed, and the swapped tuple is exactly the REPLY
  * tuple, so one lookup yields both views (see shared/notes/capture-path.md).
  *
+ * PROXY protocol (nl_cfg.capture_proxy): a connection whose SYN was reported
+ * is watched (proxy_watch) until its first segment with data leaves; if that
+ * payload starts with "PROXY " or the v2 signature, its first bytes go out as
+ * a PROXY record (struct nl_proxy) and the agent parses the header.
+ *
  * Both programs are observers only: every path returns TC_ACT_OK and no
  * helper that rewrites or pulls the skb is used.
  */
@@ -23,6 +28,7 @@
 #define ETH_P_IPV6 0x86DD
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
+#define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_RST 0x04
 #define TCP_FLAG_ACK 0x10
@@ -39,6 +45,12 @@ void bpf_ct_release(struct nf_conn *ct) __ksym;
 _Static_assert(sizeof(struct bpf_ct_opts) == NF_BPF_CT_OPTS_SZ, "bpf_ct_opts size");
 _Static_assert(sizeof(struct nl_event) == NL_RECORD_SIZE, "nl_event size");
 _Static_assert(sizeof(struct nl_stats) == NL_RECORD_SIZE, "nl_stats size");
+_Static_assert(sizeof(struct nl_proxy) == NL_RECORD_SIZE, "nl_proxy size");
+_Static_assert(__builtin_offsetof(struct nl_proxy, data) + NL_PROXY_DATA_MAX == NL_RECORD_SIZE,
+	       "nl_proxy data[] must end the record");
+_Static_assert(NL_PROXY_DATA_MAX >= 16 + 36, "a v2 header's IPv6 addresses must fit");
+_Static_assert(NL_CTR_PROXY_SEEN < NL_CTR_MAX, "counter index");
+_Static_assert((NL_PROXY_HINT_SLOTS & (NL_PROXY_HINT_SLOTS - 1)) == 0, "hint slots: power of two");
 
 /* The only .rodata variable; the CLI rewrites it (found via BTF) before load. */
 const volatile struct nl_config nl_cfg = {
@@ -46,6 +58,7 @@ const volatile struct nl_config nl_cfg = {
 	.udp_idle_ns = 30ULL * 1000000000ULL,
 	.capture_udp = 1,
 	.track_attempts = 1,
+	.capture_proxy = 1,
 };
 
 /* Keeps every type of the record contract in the object's BTF even if the
@@ -53,6 +66,7 @@ const volatile struct nl_config nl_cfg = {
 struct nl_btf_anchor {
 	struct nl_event event;
 	struct nl_stats stats;
+	struct nl_proxy proxy;
 	struct nl_config config;
 	enum nl_record_kind kind;
 	enum nl_hook hook;
@@ -124,9 +138,44 @@ struct {
 	__type(value, __u64);
 } udp_in_seen SEC(".maps");
 
+/*
+ * New TCP connections whose first data segment has not left yet, keyed by
+ * the SYN's own tuple as it left (post-NAT; data segments carry the same).
+ * Inserted by nl_egress when it reports the SYN (CONN emitted). Deleted by
+ * nl_egress on the connection's first segment carrying data, FIN or RST
+ * (PROXY record emitted or not), and by nl_ingress when a RST comes back
+ * from the peer. Entries of connections that never show any of these are
+ * LRU-evicted. The CLI never touches it.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU); /* per-CPU LRU lists: no global lock on the hot path */
+	__uint(max_entries, NL_PROXY_WATCH_MAX);
+	__type(key, struct nl_flow_key);
+	__type(value, struct nl_proxy_watch);
+} proxy_watch SEC(".maps");
+
+/*
+ * Pre-filter in front of proxy_watch, so that egress data segments of
+ * connections nobody watches keep the cheap path: slot = the ports mixed
+ * (proxy_slot()), value = how many proxy_watch entries may have that slot.
+ * Incremented (atomically) by nl_egress before it inserts a watch, decremented
+ * by whoever deletes one. An LRU eviction leaves its count behind: that slot
+ * then costs one proxy_watch lookup per segment, never a missed header.
+ * An array lookup is inlined by the verifier (no helper call).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, NL_PROXY_HINT_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} proxy_hint SEC(".maps");
+
 struct pkt {
 	struct nl_flow_key key; /* the packet's own tuple */
 	__u32 seq;              /* TCP sequence number, host order */
+	__u32 payload_off;      /* TCP: offset of the payload from the Ethernet header */
+	__u32 payload_len;      /* TCP: payload bytes in this skb (a GSO skb: all of its segments) */
 	__u8 tcp_flags;
 };
 
@@ -156,13 +205,45 @@ static __always_inline int load(struct __sk_buff *skb, __u32 off, void *dst, __u
 	return bpf_skb_load_bytes(skb, off, dst, len);
 }
 
+static __always_inline __u32 proxy_slot(__be16 sport, __be16 dport)
+{
+	return ((__u32)sport ^ (__u32)dport) & (NL_PROXY_HINT_SLOTS - 1);
+}
+
+/* Whether a proxy_watch entry may exist for these ports (see proxy_hint). */
+static __always_inline bool proxy_hinted(__be16 sport, __be16 dport)
+{
+	__u32 slot = proxy_slot(sport, dport);
+	__u32 *n = bpf_map_lookup_elem(&proxy_hint, &slot);
+
+	return n && *n;
+}
+
+/* Whether a TCP segment that is neither SYN nor RST needs parsing: only when
+ * PROXY capture is on and its connection may be watched. th = the TCP header. */
+static __always_inline bool proxy_candidate(const __u8 *th)
+{
+	__be16 sport, dport;
+
+	if (!nl_cfg.capture_proxy)
+		return false;
+	__builtin_memcpy(&sport, &th[0], 2);
+	__builtin_memcpy(&dport, &th[2], 2);
+	return proxy_hinted(sport, dport);
+}
+
 /* Parses the packet's tuple. TCP packets whose flags include none of
  * `tcp_flags_wanted` are ignored before anything is copied: most packets are
- * neither SYN nor RST, and this runs on every packet of every interface. */
-static __always_inline enum parse_result parse(struct __sk_buff *skb, struct pkt *p, __u8 tcp_flags_wanted)
+ * neither SYN nor RST, and this runs on every packet of every interface.
+ * With `watch` (egress), such a packet is still parsed when proxy_hint says
+ * its connection may be waiting for its first data segment. UDP is parsed
+ * only with `udp`. */
+static __always_inline enum parse_result parse(struct __sk_buff *skb, struct pkt *p, __u8 tcp_flags_wanted,
+					       bool udp, bool watch)
 {
 	__u8 th[14]; /* TCP: ports, seq, data offset, flags */
 	__u32 l4_off;
+	__u32 l4_len; /* from the IP header: L4 header + payload; 0 if unknown (jumbo / BIG TCP) */
 	__u8 proto;
 
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
@@ -176,12 +257,14 @@ static __always_inline enum parse_result parse(struct __sk_buff *skb, struct pkt
 			return PARSE_IGNORE;
 		proto = ip.protocol;
 		l4_off = ETH_HLEN + ip.ihl * 4;
+		l4_len = bpf_ntohs(ip.tot_len);
+		l4_len = l4_len > ip.ihl * 4 ? l4_len - ip.ihl * 4 : 0;
 		if (proto == IPPROTO_TCP) {
 			if (load(skb, l4_off, th, sizeof(th)))
 				return PARSE_TRUNCATED;
-			if (!(th[13] & tcp_flags_wanted))
+			if (!(th[13] & tcp_flags_wanted) && !(watch && proxy_candidate(th)))
 				return PARSE_IGNORE;
-		} else if (proto != IPPROTO_UDP || !nl_cfg.capture_udp) {
+		} else if (proto != IPPROTO_UDP || !udp) {
 			return PARSE_IGNORE;
 		}
 		p->key.family = 4;
@@ -194,12 +277,13 @@ static __always_inline enum parse_result parse(struct __sk_buff *skb, struct pkt
 			return PARSE_TRUNCATED;
 		proto = ip6.nexthdr; /* extension headers are not followed */
 		l4_off = ETH_HLEN + sizeof(ip6);
+		l4_len = bpf_ntohs(ip6.payload_len);
 		if (proto == IPPROTO_TCP) {
 			if (load(skb, l4_off, th, sizeof(th)))
 				return PARSE_TRUNCATED;
-			if (!(th[13] & tcp_flags_wanted))
+			if (!(th[13] & tcp_flags_wanted) && !(watch && proxy_candidate(th)))
 				return PARSE_IGNORE;
-		} else if (proto != IPPROTO_UDP || !nl_cfg.capture_udp) {
+		} else if (proto != IPPROTO_UDP || !udp) {
 			return PARSE_IGNORE;
 		}
 		p->key.family = 6;
@@ -210,10 +294,26 @@ static __always_inline enum parse_result parse(struct __sk_buff *skb, struct pkt
 	}
 
 	if (proto == IPPROTO_TCP) {
+		__u32 thlen = (th[12] >> 4) * 4;
+		__u32 avail;
+
 		__builtin_memcpy(&p->key.sport, &th[0], 2);
 		__builtin_memcpy(&p->key.dport, &th[2], 2);
 		p->seq = ((__u32)th[4] << 24) | ((__u32)th[5] << 16) | ((__u32)th[6] << 8) | th[7];
 		p->tcp_flags = th[13];
+		/* Payload: what the IP header says, but never past the skb (the
+		 * IP length is 0 for BIG TCP / jumbograms: then the skb decides). */
+		p->payload_off = l4_off + thlen;
+		avail = skb->len > p->payload_off ? skb->len - p->payload_off : 0;
+		if (thlen < 20) {
+			avail = 0; /* malformed data offset: no payload we could locate */
+		} else if (l4_len) {
+			__u32 ip_payload = l4_len > thlen ? l4_len - thlen : 0;
+
+			if (ip_payload < avail)
+				avail = ip_payload;
+		}
+		p->payload_len = avail;
 	} else {
 		__be16 ports[2];
 
@@ -302,12 +402,16 @@ static __always_inline __u32 tuple_size(__u8 family)
 
 /* Batched wake-ups: the reader drains on a timer, so only force a wake-up
  * once enough data waits (a wake-up per record costs ~1.5 us). */
-static __always_inline int emit(void *rec, __u32 size)
+static __always_inline __u64 wakeup_flags(__u32 size)
 {
 	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	__u64 flags = avail + size >= nl_cfg.wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 
-	if (bpf_ringbuf_output(&events, rec, size, flags)) {
+	return avail + size >= nl_cfg.wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline int emit(void *rec, __u32 size)
+{
+	if (bpf_ringbuf_output(&events, rec, size, wakeup_flags(size))) {
 		ctr_inc(NL_CTR_RINGBUF_FULL);
 		return -1;
 	}
@@ -372,6 +476,139 @@ static __always_inline int conn_report(struct __sk_buff *skb, const struct pkt *
 	return 0;
 }
 
+/* ------------------------------------------------------------- PROXY */
+
+/* Starts watching a connection whose SYN was just reported. The slot is
+ * counted before the entry becomes visible, so a reader never sees an entry
+ * behind a zero count. */
+static __always_inline void proxy_watch_add(const struct nl_flow_key *k, __u32 isn)
+{
+	struct nl_proxy_watch v = { .isn = isn }, *old;
+	__u32 slot = proxy_slot(k->sport, k->dport);
+	__u32 *n = bpf_map_lookup_elem(&proxy_hint, &slot);
+
+	if (!n)
+		return;
+	for (int i = 0; i < 2; i++) {
+		__sync_fetch_and_add(n, 1);
+		if (bpf_map_update_elem(&proxy_watch, k, &v, BPF_NOEXIST) == 0) {
+			ctr_inc(NL_CTR_PROXY_WATCHED);
+			return;
+		}
+		__sync_fetch_and_add(n, (__u32)-1);
+		/* The tuple is reused while the old connection's entry still waits:
+		 * take it over in place (its count stays). If it vanished
+		 * meanwhile, try the insert once more. */
+		old = bpf_map_lookup_elem(&proxy_watch, k);
+		if (old) {
+			old->isn = isn;
+			ctr_inc(NL_CTR_PROXY_WATCHED);
+			return;
+		}
+	}
+}
+
+/* Stops watching; true if this call removed the entry (exactly one caller
+ * wins when CPUs race on the same connection). */
+static __always_inline bool proxy_forget(const struct nl_flow_key *k)
+{
+	__u32 slot = proxy_slot(k->sport, k->dport);
+	__u32 *n = bpf_map_lookup_elem(&proxy_hint, &slot);
+
+	if (!n || !*n)
+		return false;
+	if (bpf_map_delete_elem(&proxy_watch, k))
+		return false;
+	__sync_fetch_and_add(n, (__u32)-1);
+	return true;
+}
+
+#define V2_SIG_AT(i, c) ((i) >= n || head[i] == (c))
+
+/* The first data segment of a watched connection: if its payload starts
+ * like a PROXY header, copy its first bytes into a PROXY record. At least
+ * 6 payload bytes are needed to tell ("PROXY " / the v2 signature's first 6);
+ * a header split after fewer bytes is not recognised. */
+static __always_inline void proxy_report(struct __sk_buff *skb, const struct pkt *p, __u32 isn)
+{
+	__u32 len = p->payload_len;
+	__u8 head[12] = {};
+	struct nl_proxy *rec;
+	bool v1, v2;
+	__u32 n, cap;
+
+	if (len < 6)
+		return;
+	n = len >= sizeof(head) ? sizeof(head) : len;
+	if (bpf_skb_load_bytes(skb, p->payload_off, head, n))
+		return;
+	v1 = head[0] == 'P' && head[1] == 'R' && head[2] == 'O' && head[3] == 'X' && head[4] == 'Y' &&
+	     head[5] == ' ';
+	/* v2: \r\n\r\n\0\r\nQUIT\n; a first segment shorter than 12 bytes only has to agree. */
+	v2 = V2_SIG_AT(0, 0x0d) && V2_SIG_AT(1, 0x0a) && V2_SIG_AT(2, 0x0d) && V2_SIG_AT(3, 0x0a) &&
+	     V2_SIG_AT(4, 0x00) && V2_SIG_AT(5, 0x0d) && V2_SIG_AT(6, 0x0a) && V2_SIG_AT(7, 0x51) &&
+	     V2_SIG_AT(8, 0x55) && V2_SIG_AT(9, 0x49) && V2_SIG_AT(10, 0x54) && V2_SIG_AT(11, 0x0a);
+	if (!v1 && !v2)
+		return;
+
+	/* Built in place in the ring (no 128-byte stack copy next to conn_report's). */
+	rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+	if (!rec) {
+		ctr_inc(NL_CTR_RINGBUF_FULL);
+		return;
+	}
+	__builtin_memset(rec, 0, sizeof(*rec));
+	rec->hdr.kind = NL_KIND_PROXY;
+	rec->hdr.hook = NL_HOOK_TC_EGRESS;
+	rec->hdr.family = p->key.family;
+	rec->hdr.proto = IPPROTO_TCP;
+	rec->hdr.ifindex = skb->ifindex;
+	rec->hdr.tcp_isn = isn;
+	__builtin_memcpy(rec->pkt.src, p->key.src, NL_ADDR_LEN);
+	__builtin_memcpy(rec->pkt.dst, p->key.dst, NL_ADDR_LEN);
+	rec->pkt.sport = p->key.sport;
+	rec->pkt.dport = p->key.dport;
+	rec->data_len = len > 0xffff ? 0xffff : len;
+	cap = len >= NL_PROXY_DATA_MAX ? NL_PROXY_DATA_MAX : len;
+	if (bpf_skb_load_bytes(skb, p->payload_off, rec->data, cap)) {
+		bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
+		return;
+	}
+	rec->hdr.ts_ns = bpf_ktime_get_ns();
+	bpf_ringbuf_submit(rec, wakeup_flags(sizeof(*rec)));
+	ctr_inc(NL_CTR_PROXY_SEEN);
+}
+
+/*
+ * A TCP segment that is not a SYN, leaving: if its connection is watched
+ * and this is its first segment with data, FIN or RST, stop watching and,
+ * for data at the stream's first byte (seq = ISN + 1), look for a header.
+ * The handshake's final ACK (no payload) keeps the watch.
+ * Cost: segments whose proxy_hint slot is zero stop at parse() (one
+ * inlined array load); the others pay one proxy_watch lookup.
+ */
+static __always_inline void proxy_check(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct nl_proxy_watch *w;
+	__u32 isn;
+
+	if (!nl_cfg.capture_proxy || !proxy_hinted(p->key.sport, p->key.dport))
+		return;
+	w = bpf_map_lookup_elem(&proxy_watch, &p->key);
+	if (!w)
+		return;
+	if (p->payload_len == 0 && !(p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
+		return;
+	isn = w->isn;
+	if (!proxy_forget(&p->key))
+		return; /* another CPU took this connection's first segment */
+	if (p->payload_len == 0 || (p->tcp_flags & TCP_FLAG_RST) || p->seq != isn + 1)
+		return;
+	proxy_report(skb, p, isn);
+}
+
+/* ------------------------------------------------------------ egress */
+
 static __always_inline void tcp_egress(struct __sk_buff *skb, const struct pkt *p)
 {
 	struct nl_flow_key orig, swapped;
@@ -384,6 +621,8 @@ static __always_inline void tcp_egress(struct __sk_buff *skb, const struct pkt *
 			flow_swap(&swapped, &p->key);
 			pending_forget(&swapped);
 		}
+		if (!(p->tcp_flags & TCP_FLAG_SYN))
+			proxy_check(skb, p);
 		return;
 	}
 
@@ -395,8 +634,11 @@ static __always_inline void tcp_egress(struct __sk_buff *skb, const struct pkt *
 		pending_forget(seen);
 		return;
 	}
-	if (conn_report(skb, p, &orig) == 0)
+	if (conn_report(skb, p, &orig) == 0) {
 		bpf_map_update_elem(&tcp_seen, &sk, &orig, BPF_ANY);
+		if (nl_cfg.capture_proxy)
+			proxy_watch_add(&p->key, p->seq);
+	}
 }
 
 static __always_inline void udp_egress(struct __sk_buff *skb, const struct pkt *p)
@@ -418,9 +660,10 @@ static __always_inline void udp_egress(struct __sk_buff *skb, const struct pkt *
 }
 
 /* parse() that counts truncated packets: the only parse failure that may hide a connection. */
-static __always_inline bool parse_counted(struct __sk_buff *skb, struct pkt *p, __u8 tcp_flags_wanted)
+static __always_inline bool parse_counted(struct __sk_buff *skb, struct pkt *p, __u8 tcp_flags_wanted,
+					  bool udp, bool watch)
 {
-	int r = parse(skb, p, tcp_flags_wanted);
+	int r = parse(skb, p, tcp_flags_wanted, udp, watch);
 
 	if (r == PARSE_TRUNCATED)
 		ctr_inc(NL_CTR_PARSE_SKIP);
@@ -432,8 +675,9 @@ int nl_egress(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 
-	/* Egress cares about SYN (new connection, or SYN-ACK answering an attempt) and RST. */
-	if (!parse_counted(skb, &p, TCP_FLAG_SYN | TCP_FLAG_RST))
+	/* Egress cares about SYN (new connection, or SYN-ACK answering an attempt) and RST,
+	 * plus the next segments of connections watched for a PROXY header. */
+	if (!parse_counted(skb, &p, TCP_FLAG_SYN | TCP_FLAG_RST, nl_cfg.capture_udp, true))
 		return TC_ACT_OK;
 	if (p.key.proto == IPPROTO_TCP)
 		tcp_egress(skb, &p);
@@ -504,15 +748,24 @@ static __always_inline void udp_ingress(struct __sk_buff *skb, const struct pkt 
 SEC("tc")
 int nl_ingress(struct __sk_buff *skb)
 {
+	struct nl_flow_key swapped;
 	struct pkt p = {};
 
-	if (!nl_cfg.track_attempts)
+	if (!nl_cfg.track_attempts && !nl_cfg.capture_proxy)
 		return TC_ACT_OK;
-	if (!parse_counted(skb, &p, TCP_FLAG_SYN))
+	/* SYN: attempts. RST (PROXY capture only, rare): a peer refusing or
+	 * resetting a watched connection before its first data segment. */
+	if (!parse_counted(skb, &p, TCP_FLAG_SYN | (nl_cfg.capture_proxy ? TCP_FLAG_RST : 0),
+			   nl_cfg.capture_udp && nl_cfg.track_attempts, false))
 		return TC_ACT_OK;
-	if (is_syn(&p))
-		pending_track(skb, &p);
-	else if (p.key.proto == IPPROTO_UDP)
+	if (p.key.proto == IPPROTO_UDP) {
 		udp_ingress(skb, &p);
+	} else if (is_syn(&p)) {
+		if (nl_cfg.track_attempts)
+			pending_track(skb, &p);
+	} else if (p.tcp_flags & TCP_FLAG_RST) {
+		flow_swap(&swapped, &p.key);
+		proxy_forget(&swapped);
+	}
 	return TC_ACT_OK;
 }

@@ -22,7 +22,8 @@ enum nl_record_kind {
 	NL_KIND_DROP = 2,  /* a connection attempt entered (tc ingress) and was neither forwarded nor answered */
 	NL_KIND_END = 3,   /* conntrack destroyed the entry (ctnetlink DESTROY), with byte/packet counters */
 	NL_KIND_STATS = 4, /* periodic counters; the body is struct nl_stats, not struct nl_event */
-	NL_KIND_CT_NEW = 5 /* fallback capture: ctnetlink NEW event (no ISN, no interface) when tc + ct kfuncs are unavailable */
+	NL_KIND_CT_NEW = 5, /* fallback capture: ctnetlink NEW event (no ISN, no interface) when tc + ct kfuncs are unavailable */
+	NL_KIND_PROXY = 6   /* the first data segment of a new TCP connection (tc egress) starts like a PROXY protocol header; body is struct nl_proxy */
 };
 
 /* Where the record was observed. */
@@ -64,6 +65,29 @@ struct nl_event {
 	__u64 bytes_reply;      /* 120: END: bytes server->client */
 };
 
+/* Payload bytes a PROXY record carries: what is left of NL_RECORD_SIZE after
+ * the header (24), the tuple (36) and data_len (2). Always enough for a v2
+ * header's addresses (16 + 12 for IPv4 = 28, 16 + 36 for IPv6 = 52; TLVs after
+ * them are not needed) and for any v1 TCP4 line (at most 56 bytes with CRLF).
+ * A v1 TCP6 line can be up to 104 bytes: a long one is cut off here, and the
+ * agent counts it (proxy_truncated) instead of guessing the rest. */
+#define NL_PROXY_DATA_MAX 66
+
+/* PROXY records: the first payload bytes of a new TCP connection leaving an
+ * interface, when they start with "PROXY " (v1) or the 12-byte v2 signature.
+ * Parsing the header is the agent's job; the kernel only copies bytes. */
+struct nl_proxy {
+	struct nl_header hdr;   /* 0..23: kind = NL_KIND_PROXY, proto = IPPROTO_TCP, hook = NL_HOOK_TC_EGRESS,
+				 * ifindex = interface the segment left by, ct_status = 0,
+				 * tcp_isn = ISN of the connection's SYN (as in its CONN record) */
+	struct nl_tuple pkt;    /* 24..59: the data segment's own tuple as it left (post-NAT): src = the
+				 * address the pod sees as its peer (the proxy, or the node that SNAT'd it),
+				 * dst = the pod */
+	__u16 data_len;         /* 60: TCP payload bytes of that segment (clamped to 65535); data[] holds
+				 * the first min(data_len, NL_PROXY_DATA_MAX), the rest of data[] is zero */
+	__u8 data[NL_PROXY_DATA_MAX]; /* 62..127: the payload's first bytes, as on the wire */
+};
+
 /* Indexes of struct nl_stats.counter[]: every place an event can be lost. */
 enum nl_counter {
 	NL_CTR_RINGBUF_FULL = 0,   /* bpf_ringbuf_output() failed: record lost in the kernel */
@@ -76,7 +100,9 @@ enum nl_counter {
 	NL_CTR_DROP_SEEN = 7,      /* DROP records produced by the CLI's pending sweep */
 	NL_CTR_END_SEEN = 8,       /* END records produced from ctnetlink */
 	NL_CTR_ATTACHED_IFACES = 9,/* interfaces currently attached (gauge) */
-	NL_CTR_MAX = 13
+	NL_CTR_PROXY_WATCHED = 10, /* new TCP connections watched for a PROXY header in their first data segment */
+	NL_CTR_PROXY_SEEN = 11,    /* PROXY records produced by the BPF program */
+	NL_CTR_MAX = 13            /* fixed: struct nl_stats must stay NL_RECORD_SIZE bytes (24 + 13 * 8) */
 };
 
 /* STATS records: header (kind = NL_KIND_STATS) + cumulative counters, summed over CPUs. */
@@ -92,6 +118,8 @@ struct nl_config {
 	__u64 udp_idle_ns;      /* a UDP flow unseen for this long counts as a new connection */
 	__u32 capture_udp;      /* 0 = TCP only */
 	__u32 track_attempts;   /* 0 = no ingress attempt tracking (no DROP records) */
+	__u32 capture_proxy;    /* 0 = no PROXY records; egress then parses TCP SYN/RST only */
+	__u32 pad;              /* always zero */
 };
 
 #endif /* NATLENS_H */

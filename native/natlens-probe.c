@@ -24,6 +24,7 @@
 #include <regex.h>
 #include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -49,7 +50,7 @@ struct run_opts {
 	const char *exclude_re;
 	const char *lock_dir;
 	bool mode_ctnetlink;
-	bool no_udp, no_attempts, no_ct_end, verbose;
+	bool no_udp, no_attempts, no_ct_end, no_proxy, verbose;
 	unsigned long ring_kb, wakeup_kb, drain_ms, stats_ms, drop_after_ms;
 };
 
@@ -240,6 +241,7 @@ static int load_bpf(void)
 		.udp_idle_ns = 30ULL * 1000000000ULL,
 		.capture_udp = !g.o.no_udp,
 		.track_attempts = !g.o.no_attempts,
+		.capture_proxy = !g.o.no_proxy,
 	};
 	struct bpf_program *pin, *peg;
 	struct bpf_map *events;
@@ -297,16 +299,29 @@ static int load_bpf(void)
 
 /* --------------------------------------------------------------- records */
 
+/* Every ring record is NL_RECORD_SIZE bytes and starts with struct nl_header
+ * (CONN: struct nl_event, PROXY: struct nl_proxy); the body passes through
+ * unchanged, only the header's timestamp becomes CLOCK_REALTIME. */
+_Static_assert(sizeof(struct nl_event) == NL_RECORD_SIZE, "nl_event size");
+_Static_assert(sizeof(struct nl_proxy) == NL_RECORD_SIZE, "nl_proxy size");
+_Static_assert(offsetof(struct nl_event, hdr) == 0 && offsetof(struct nl_proxy, hdr) == 0,
+	       "records start with their header");
+
 static int on_ring_record(void *ctx, void *data, size_t size)
 {
-	struct nl_event ev;
+	union {
+		struct nl_header hdr;
+		struct nl_event ev;
+		struct nl_proxy proxy;
+		unsigned char bytes[NL_RECORD_SIZE];
+	} rec;
 
 	(void)ctx;
-	if (size != sizeof(ev))
+	if (size != sizeof(rec.bytes))
 		return 0; /* object/CLI mismatch; never emit a torn record */
-	memcpy(&ev, data, sizeof(ev));
-	ev.hdr.ts_ns += g.mono_off;
-	out_put(&ev, sizeof(ev));
+	memcpy(rec.bytes, data, sizeof(rec.bytes));
+	rec.hdr.ts_ns += g.mono_off;
+	out_put(rec.bytes, sizeof(rec.bytes));
 	g.ctr[NL_CTR_RECORDS_OUT]++;
 	return 0;
 }
@@ -522,7 +537,8 @@ static void run_usage(FILE *f)
 		"usage: natlens-probe run --obj PATH [options]\n"
 		"\n"
 		"Captures new connections (with their pre- and post-NAT tuples), dropped\n"
-		"attempts and conntrack ends in one network namespace, writing fixed-size\n"
+		"attempts, conntrack ends and PROXY protocol headers opening new TCP\n"
+		"connections in one network namespace, writing fixed-size\n"
 		"records (bpf/natlens.h, 128 bytes) to stdout and JSON lines to stderr.\n"
 		"Runs until SIGINT/SIGTERM (or its parent dies), then detaches its filters.\n"
 		"\n"
@@ -535,6 +551,8 @@ static void run_usage(FILE *f)
 		"  --no-udp            TCP only\n"
 		"  --no-attempts       no ingress attempt tracking (no DROP records)\n"
 		"  --no-ct-end         no END records (no ctnetlink DESTROY subscription)\n"
+		"  --no-proxy-protocol no PROXY records (first data segments of new TCP\n"
+		"                      connections are not checked for a PROXY header)\n"
 		"  --ring-kb N         ring buffer size in KiB, power of two >= 4 (default 8192)\n"
 		"  --wakeup-kb N       wake the reader once N KiB are waiting (default 64)\n"
 		"  --drain-ms N        drain the ring and flush stdout every N ms (default 5)\n"
@@ -572,7 +590,7 @@ static bool parse_ulong(const char *s, unsigned long *out, unsigned long min, un
 
 static int parse_run_args(int argc, char **argv)
 {
-	enum { O_OBJ = 256, O_NETNS, O_IFACES, O_EXCLUDE, O_MODE, O_NOUDP, O_NOATT, O_NOEND, O_RING,
+	enum { O_OBJ = 256, O_NETNS, O_IFACES, O_EXCLUDE, O_MODE, O_NOUDP, O_NOATT, O_NOEND, O_NOPROXY, O_RING,
 	       O_WAKE, O_DRAIN, O_STATS, O_DROP, O_LOCK, O_VERBOSE, O_HELP };
 	static const struct option longopts[] = {
 		{ "obj", required_argument, NULL, O_OBJ },
@@ -583,6 +601,7 @@ static int parse_run_args(int argc, char **argv)
 		{ "no-udp", no_argument, NULL, O_NOUDP },
 		{ "no-attempts", no_argument, NULL, O_NOATT },
 		{ "no-ct-end", no_argument, NULL, O_NOEND },
+		{ "no-proxy-protocol", no_argument, NULL, O_NOPROXY },
 		{ "ring-kb", required_argument, NULL, O_RING },
 		{ "wakeup-kb", required_argument, NULL, O_WAKE },
 		{ "drain-ms", required_argument, NULL, O_DRAIN },
@@ -616,6 +635,7 @@ static int parse_run_args(int argc, char **argv)
 		case O_NOUDP: o->no_udp = true; break;
 		case O_NOATT: o->no_attempts = true; break;
 		case O_NOEND: o->no_ct_end = true; break;
+		case O_NOPROXY: o->no_proxy = true; break;
 		case O_RING:
 			if (!parse_ulong(optarg, &o->ring_kb, 4, 1UL << 22) || (o->ring_kb & (o->ring_kb - 1)))
 				bad = "--ring-kb must be a power of two between 4 and 4194304";

@@ -16,6 +16,7 @@ const STRUCTS = [
   ['nl_tuple', 'NL_TUPLE'],
   ['nl_event', 'NL_EVENT'],
   ['nl_stats', 'NL_STATS'],
+  ['nl_proxy', 'NL_PROXY'],
   ['nl_config', 'NL_CONFIG'],
 ];
 const ENUMS = [
@@ -126,7 +127,10 @@ function generate(obj) {
     lines.push('} as const;');
     lines.push('');
   }
-  if (sizes.nl_event !== sizes.nl_stats) die(`nl_event (${sizes.nl_event}) and nl_stats (${sizes.nl_stats}) sizes differ`);
+  // Every record body is exactly one record long.
+  for (const body of ['nl_stats', 'nl_proxy']) {
+    if (sizes.nl_event !== sizes[body]) die(`nl_event (${sizes.nl_event}) and ${body} (${sizes[body]}) sizes differ`);
+  }
   lines.splice(5, 0, '/** Every record on the probe\'s stdout is exactly this many bytes. */',
     `export const NL_RECORD_SIZE = ${sizes.nl_event};`, '');
 

@@ -44,6 +44,7 @@ export const AGENT_SETTINGS = {
   udp: { env: 'NATLENS_UDP', default: true, parse: bool, help: 'capture UDP flows too' },
   attempts: { env: 'NATLENS_TRACK_ATTEMPTS', default: true, parse: bool, help: 'report dropped connection attempts' },
   ctEnd: { env: 'NATLENS_ENDS', default: true, parse: bool, help: 'report connection ends with counters (conntrack DESTROY events)' },
+  proxyProtocol: { env: 'NATLENS_PROXY_PROTOCOL', default: true, parse: bool, help: 'report PROXY protocol headers opening TCP connections to pods' },
   ifaces: { env: 'NATLENS_IFACES', default: undefined, parse: optionalStr, help: 'only interfaces matching this regex' },
   exclude: { env: 'NATLENS_EXCLUDE_IFACES', default: undefined, parse: optionalStr, help: 'skip interfaces matching this regex' },
   ringKb: { env: 'NATLENS_RING_KB', default: 8192, parse: int(64, 1 << 20), help: 'ring buffer size in KiB (power of two)' },

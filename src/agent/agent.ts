@@ -5,14 +5,19 @@
 import { EventEmitter } from 'node:events';
 import { probeFeatures, planCapture } from '../probe/features.js';
 import { ProbeProcess, ProbeError, type CaptureMode, type ProbeOptions } from '../probe/probe-process.js';
-import type { ProbeRecord, StatsRecord } from '../probe/record-decoder.js';
-import { formatTimestamp, toAgentEvent, toStatsEvent, type AgentEvent, type StatsEvent } from './events.js';
+import { decodeRecord, isProxyRecord, type ProbeRecord, type ProxyRecord, type StatsRecord } from '../probe/record-decoder.js';
+import {
+  classifyProxyBytes, countProxyOutcome, formatTimestamp, newProxyCounts, toAgentEvent, toProxyEvent, toStatsEvent,
+  type AgentEvent, type StatsEvent,
+} from './events.js';
 
 export interface AgentOptions extends Omit<ProbeOptions, 'mode'> {
   node: string;
   mode: CaptureMode | 'auto';
   /** Emit a stats event at least this often (and whenever a loss counter moves). */
   statsIntervalMs: number;
+  /** Report the PROXY protocol headers that open TCP connections to pods (default true). */
+  proxyProtocol?: boolean;
 }
 
 /** Events: 'event' (AgentEvent), 'warn' (string), 'exit' (code). */
@@ -22,6 +27,8 @@ export class Agent extends EventEmitter {
   private lastEmittedStats: StatsRecord | undefined;
   private lastStatsEmit = 0;
   private lastLostTotal = 0;
+  /** PROXY records by outcome: reported, or counted as local / truncated / invalid. */
+  private readonly proxyCounts = newProxyCounts();
   mode: CaptureMode | undefined;
   /** Set before start() to receive flow records as raw bytes instead of 'event' objects (see ProbeProcess.flowSink). */
   flowSink: ((buf: Buffer, offset: number) => void) | undefined;
@@ -40,7 +47,12 @@ export class Agent extends EventEmitter {
     }
     this.mode = mode;
     const probe = new ProbeProcess({ ...this.options, mode });
-    probe.flowSink = this.flowSink;
+    const sink = this.flowSink;
+    // PROXY records reach the sink only when their header names a client; the rest is counted here.
+    probe.flowSink = sink && ((buf, off) => {
+      if (isProxyRecord(buf, off) && !this.admitProxy(buf, off)) return;
+      sink(buf, off);
+    });
     this.probe = probe;
     probe.on('record', (rec: ProbeRecord) => this.onRecord(rec));
     probe.on('status', (s) => {
@@ -64,7 +76,27 @@ export class Agent extends EventEmitter {
       return;
     }
     const ifname = (i: number): string | null => this.probe?.interfaces.get(i) ?? null;
+    if (rec.kind === 'proxy') {
+      const ev = this.proxyEvent(rec, ifname);
+      if (ev) this.emit('event', ev);
+      return;
+    }
     this.emit('event', toAgentEvent(rec, this.options.node, ifname));
+  }
+
+  /** The proxy event of a PROXY record, counting its outcome; null when there is nothing to report. */
+  private proxyEvent(rec: ProxyRecord, ifname: (i: number) => string | null): AgentEvent | null {
+    // Disabled: nothing is reported. (natlens-probe --no-proxy-protocol keeps the kernel from producing
+    // them at all, once ProbeOptions passes it on; this also covers a probe that was not told.)
+    if (this.options.proxyProtocol === false) return null;
+    const outcome = classifyProxyBytes(rec.bytes);
+    countProxyOutcome(this.proxyCounts, outcome);
+    return toProxyEvent(rec, this.options.node, ifname, outcome);
+  }
+
+  /** Flow-sink path: whether the PROXY record at `off` goes to the sink (its outcome is counted either way). Throws RecordDecodeError. */
+  private admitProxy(buf: Buffer, off: number): boolean {
+    return this.proxyEvent(decodeRecord(buf, off) as ProxyRecord, () => null) !== null;
   }
 
   /** Name of an attached interface, or null. */
@@ -74,7 +106,7 @@ export class Agent extends EventEmitter {
 
   /** The latest counters as a stats event (null before the probe's first stats record). */
   stats(): StatsEvent | null {
-    return this.lastStats ? toStatsEvent(this.lastStats, this.options.node, this.probe?.decodeErrors ?? 0) : null;
+    return this.lastStats ? toStatsEvent(this.lastStats, this.options.node, this.probe?.decodeErrors ?? 0, this.proxyCounts) : null;
   }
 
   private emitStats(force: boolean): void {

@@ -2,7 +2,8 @@
  * The agent's event stream: one JSON object per line (`natlens agent --stdout`). Other tools parse
  * this, so fields are only ever added, never renamed. Built from probe records in one place.
  */
-import { IPS_DST_NAT, IPS_SRC_NAT, type CounterName, type FlowRecord, type Proto, type StatsRecord, type Tuple } from '../probe/record-decoder.js';
+import { IPS_DST_NAT, IPS_SRC_NAT, type CounterName, type FlowRecord, type Proto, type ProxyRecord, type StatsRecord, type Tuple } from '../probe/record-decoder.js';
+import { parseProxyHeader, type ProxyHeader } from '../util/proxy-protocol.js';
 
 export interface ReadyEvent {
   type: 'ready';
@@ -52,16 +53,57 @@ export interface EndEvent extends FlowEventBase {
   bytes: { orig: number; reply: number };
 }
 
-export interface StatsEvent {
-  type: 'stats';
+/**
+ * A PROXY protocol header opened a TCP connection leaving this node (towards a pod when `ifname`
+ * leads to one): who the real client was, according to the proxy.
+ */
+export interface ProxyEvent {
+  type: 'proxy';
   node: string;
-  /** Events lost anywhere before this line, by place (kernel ring buffer, netlink socket, undecodable records). */
-  lost: { ringbuf_full: number; pending_full: number; netlink_lost: number; decode_errors: number; total: number };
-  counters: Record<CounterName, number>;
+  /** Of the connection (`orig`); the header's addresses may be of the other family. */
+  family: 4 | 6;
+  /** The connection as the pod sees it: src = the proxy (or the node that SNAT'd it), dst = the pod. */
+  orig: Tuple;
+  /** What the header says: src = the real client, dst = the address it connected to. */
+  proxy: { version: 1 | 2; src: string; sport: number; dst: string; dport: number };
+  ifname: string | null;
+  /** The connection's TCP ISN: the same as in the conn event of its SYN, on every node it crossed. */
+  isn: number;
   ts: string;
 }
 
-export type AgentEvent = ReadyEvent | ConnEvent | DropEvent | EndEvent | StatsEvent;
+/** PROXY records by outcome; the last three are reported as nothing but these counts. */
+export interface ProxyCounts {
+  /** Headers with a client: proxy events. */
+  reported: number;
+  /** Headers without a client (v1 UNKNOWN, v2 LOCAL / UNSPEC / UNIX): health checks and the proxy's own connections. */
+  local: number;
+  /** Headers cut off (longer than the kernel captures, or split across segments). */
+  truncated: number;
+  /** Announced but malformed headers. */
+  invalid: number;
+}
+
+export const newProxyCounts = (): ProxyCounts => ({ reported: 0, local: 0, truncated: 0, invalid: 0 });
+
+export interface StatsEvent {
+  type: 'stats';
+  node: string;
+  /**
+   * Events lost anywhere before this line, by place (kernel ring buffer, netlink socket, undecodable
+   * records; and, from agents that count PROXY records: headers cut off or malformed).
+   */
+  lost: {
+    ringbuf_full: number; pending_full: number; netlink_lost: number; decode_errors: number;
+    proxy_truncated?: number; proxy_invalid?: number; total: number;
+  };
+  counters: Record<CounterName, number>;
+  /** PROXY records by outcome (agents that count them). */
+  proxy?: ProxyCounts;
+  ts: string;
+}
+
+export type AgentEvent = ReadyEvent | ConnEvent | DropEvent | EndEvent | ProxyEvent | StatsEvent;
 
 let cachedSecond = -1;
 let cachedPrefix = '';
@@ -90,6 +132,10 @@ export function serializeEvent(ev: AgentEvent): string {
       return `{"type":"conn","node":${JSON.stringify(ev.node)},"proto":"${ev.proto}","family":${ev.family},"orig":${tupleJson(ev.orig)},"reply":${tupleJson(ev.reply)},"snat":${ev.snat},"dnat":${ev.dnat},"ts":"${ev.ts}","isn":${ev.isn},"ifname":${ev.ifname === null ? 'null' : JSON.stringify(ev.ifname)},"hook":"${ev.hook}","ct_status":${ev.ct_status}}`;
     case 'end':
       return `{"type":"end","node":${JSON.stringify(ev.node)},"proto":"${ev.proto}","family":${ev.family},"orig":${tupleJson(ev.orig)},"reply":${tupleJson(ev.reply)},"snat":${ev.snat},"dnat":${ev.dnat},"packets":{"orig":${ev.packets.orig},"reply":${ev.packets.reply}},"bytes":{"orig":${ev.bytes.orig},"reply":${ev.bytes.reply}},"ts":"${ev.ts}"}`;
+    case 'proxy': {
+      const p = ev.proxy;
+      return `{"type":"proxy","node":${JSON.stringify(ev.node)},"family":${ev.family},"orig":${tupleJson(ev.orig)},"proxy":{"version":${p.version},"src":"${p.src}","sport":${p.sport},"dst":"${p.dst}","dport":${p.dport}},"ifname":${ev.ifname === null ? 'null' : JSON.stringify(ev.ifname)},"isn":${ev.isn},"ts":"${ev.ts}"}`;
+    }
     default:
       return JSON.stringify(ev);
   }
@@ -120,14 +166,79 @@ export function toAgentEvent(rec: FlowRecord, node: string, ifname: (ifindex: nu
   }
 }
 
-export function toStatsEvent(rec: StatsRecord, node: string, decodeErrors: number): StatsEvent {
+/** A header that names a client. */
+export type ClientProxyHeader = ProxyHeader & { family: 4 | 6; command: 'proxy' };
+
+/** What the captured bytes of a PROXY record amount to. */
+export type ProxyOutcome =
+  | { kind: 'header'; header: ClientProxyHeader }
+  | { kind: 'local' | 'truncated' }
+  | { kind: 'invalid'; reason: string };
+
+/**
+ * Classifies a PROXY record's captured payload. A header the bytes do not hold completely (longer
+ * than the kernel captures, or split across segments) is 'truncated': counted, never guessed.
+ */
+export function classifyProxyBytes(bytes: Uint8Array): ProxyOutcome {
+  const r = parseProxyHeader(bytes);
+  switch (r.kind) {
+    case 'header': {
+      const h = r.header;
+      if (h.command === 'local' || h.family === 0) return { kind: 'local' };
+      return { kind: 'header', header: h as ClientProxyHeader };
+    }
+    case 'incomplete':
+      return { kind: 'truncated' };
+    case 'invalid':
+      return { kind: 'invalid', reason: r.reason };
+    case 'none':
+      // The kernel only reports payloads that start like a header.
+      return { kind: 'invalid', reason: 'the captured bytes do not start a PROXY header' };
+  }
+}
+
+/** Adds one outcome to `counts`. */
+export function countProxyOutcome(counts: ProxyCounts, o: ProxyOutcome): void {
+  if (o.kind === 'header') counts.reported++;
+  else counts[o.kind]++;
+}
+
+/** The proxy event of a PROXY record, or null when its header names no client or cannot be read. */
+export function toProxyEvent(
+  rec: ProxyRecord,
+  node: string,
+  ifname: (ifindex: number) => string | null,
+  outcome: ProxyOutcome = classifyProxyBytes(rec.bytes),
+): ProxyEvent | null {
+  if (outcome.kind !== 'header') return null;
+  const h = outcome.header;
+  return {
+    type: 'proxy', node, family: rec.family, orig: rec.tuple,
+    proxy: { version: h.version, src: h.src, sport: h.sport, dst: h.dst, dport: h.dport },
+    ifname: rec.ifindex ? ifname(rec.ifindex) : null, isn: rec.tcpIsn, ts: formatTimestamp(rec.tsNs),
+  };
+}
+
+/**
+ * The stats event of the probe's latest counters. With `proxy` (the agent's PROXY outcome counts),
+ * headers cut off or malformed count as lost (proxy_truncated, proxy_invalid) and the counts are
+ * reported under `proxy`; without it the event has the shape it always had.
+ */
+export function toStatsEvent(rec: StatsRecord, node: string, decodeErrors: number, proxy?: ProxyCounts): StatsEvent {
   const c = rec.counters;
+  const base = c.ringbuf_full + c.pending_full + c.netlink_lost + decodeErrors;
+  if (!proxy) {
+    const lost = { ringbuf_full: c.ringbuf_full, pending_full: c.pending_full, netlink_lost: c.netlink_lost, decode_errors: decodeErrors, total: base };
+    return { type: 'stats', node, lost, counters: c, ts: formatTimestamp(rec.tsNs) };
+  }
   const lost = {
     ringbuf_full: c.ringbuf_full,
     pending_full: c.pending_full,
     netlink_lost: c.netlink_lost,
     decode_errors: decodeErrors,
-    total: c.ringbuf_full + c.pending_full + c.netlink_lost + decodeErrors,
+    proxy_truncated: proxy.truncated,
+    proxy_invalid: proxy.invalid,
+    total: base + proxy.truncated + proxy.invalid,
   };
-  return { type: 'stats', node, lost, counters: c, ts: formatTimestamp(rec.tsNs) };
+  return { type: 'stats', node, lost, counters: c, proxy: { ...proxy }, ts: formatTimestamp(rec.tsNs) };
 }

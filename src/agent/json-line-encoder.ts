@@ -3,11 +3,13 @@
  * `natlens agent --stdout` hot path. Building objects and strings per event (decodeRecord ->
  * toAgentEvent -> JSON) cost ~3.4 µs and most of the agent's garbage; this costs a fraction.
  * The text is byte-for-byte what serializeEvent(toAgentEvent(decodeRecord(...))) gives: a unit
- * test holds the two paths to it on random records.
+ * test holds the two paths to it on random records. PROXY records (one per proxied connection at
+ * most, and their header needs parsing anyway) take the object path.
  */
 import { NL_EVENT, NL_TUPLE } from '../probe/record-layout.generated.js';
-import { decodeFlowHeader, IPS_DST_NAT, IPS_SRC_NAT } from '../probe/record-decoder.js';
+import { decodeFlowHeader, decodeRecord, IPS_DST_NAT, IPS_SRC_NAT, type ProxyRecord } from '../probe/record-decoder.js';
 import { formatIPv6 } from '../probe/ip-format.js';
+import { serializeEvent, toProxyEvent } from './events.js';
 
 const OCTETS: Buffer[] = Array.from({ length: 256 }, (_, i) => Buffer.from(String(i), 'latin1'));
 const lit = (s: string): Buffer => Buffer.from(s, 'latin1');
@@ -53,15 +55,24 @@ export class JsonLineEncoder {
   private secText: Buffer = Buffer.alloc(0);
 
   constructor(
-    node: string,
+    private readonly node: string,
     private readonly ifname: (ifindex: number) => string | null,
   ) {
     this.nodeJson = lit(JSON.stringify(node));
   }
 
-  /** Appends the line of the flow record at `base`. Throws RecordDecodeError (nothing appended). */
+  /**
+   * Appends the line of the flow record at `base`. Throws RecordDecodeError (nothing appended).
+   * A PROXY record whose header names no client or cannot be read appends nothing (the agent
+   * counts those before they get here).
+   */
   encode(buf: Buffer, base: number): void {
     const h = decodeFlowHeader(buf, base);
+    if (h.kind === 'proxy') {
+      const ev = toProxyEvent(decodeRecord(buf, base) as ProxyRecord, this.node, this.ifname);
+      if (ev) this.appendLine(serializeEvent(ev));
+      return;
+    }
     this.reserve(1024);
     const ctStatus = buf.readUInt32LE(base + NL_EVENT.hdr_ct_status.offset);
     const ifindex = buf.readUInt32LE(base + NL_EVENT.hdr_ifindex.offset);

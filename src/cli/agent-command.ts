@@ -4,7 +4,8 @@ import { serializeEvent, type AgentEvent } from '../agent/events.js';
 import { AGENT_SETTINGS, resolveConfig } from '../config.js';
 import { UsageError } from '../util/errors.js';
 import { JsonLineEncoder } from '../agent/json-line-encoder.js';
-import { CollectorOutput } from '../agent/collector-output.js';
+import { CollectorOutput, type CollectorOutputOptions } from '../agent/collector-output.js';
+import { loadKubeConfig } from '../k8s/kube-config.js';
 
 export function registerAgentCommand(program: Command): void {
   program
@@ -15,7 +16,7 @@ export function registerAgentCommand(program: Command): void {
         'and reports each connection with the tuple the client used (orig, pre-NAT) and the tuple the\n' +
         'pod saw (reply, post-NAT), dropped attempts, and connection ends.\n\n' +
         'Output (--stdout): one JSON object per line: {"type":"ready",...} once capture is live, then\n' +
-        '"conn", "drop", "end" and "stats" events. Flags override NATLENS_* environment variables.',
+        '"conn", "drop", "end", "proxy" and "stats" events. Flags override NATLENS_* environment variables.',
     )
     .option('--node <name>', `node name reported with every event (env ${AGENT_SETTINGS.node.env}; default: hostname)`)
     .option('--netns <path>', 'capture inside this network namespace, e.g. /run/netns/nl-node1 (env NATLENS_NETNS)')
@@ -27,6 +28,7 @@ export function registerAgentCommand(program: Command): void {
     .option('--no-udp', 'capture TCP only')
     .option('--no-attempts', 'do not track dropped connection attempts')
     .option('--no-ends', 'do not report connection ends (spares the kernel its conntrack DESTROY events; see docs/benchmarks.md)')
+    .option('--no-proxy-protocol', 'do not report PROXY protocol headers (the real client behind a proxy load balancer)')
     .option('--ifaces <regex>', 'only attach to interfaces whose name matches')
     .option('--exclude <regex>', 'never attach to interfaces whose name matches')
     .option('--ring-kb <n>', 'ring buffer size in KiB (default 8192)')
@@ -35,6 +37,9 @@ export function registerAgentCommand(program: Command): void {
     .option('--drop-after <duration>', 'an unanswered attempt counts as dropped after this long (default 1s)')
     .option('--stats-interval <duration>', 'emit a stats event at least this often (default 10s)')
     .option('--lock-dir <dir>', 'per-namespace agent locks (default /run/natlens)')
+    .option('--kubernetes', 'watch Kubernetes (in-cluster, else $KUBECONFIG or ~/.kube/config) and read this node\'s health-check node ports')
+    .option('--kubeconfig <path>', 'the same through this kubeconfig (e.g. the lab\'s: natlens lab api-server)')
+    .option('--health-check-interval <duration>', 'read health-check node ports this often (default 2s)')
     .addHelpText(
       'after',
       '\nExamples:\n' +
@@ -51,16 +56,22 @@ export function registerAgentCommand(program: Command): void {
       const cfg = resolveConfig(AGENT_SETTINGS, {
         node: opts.node as string | undefined, netns: opts.netns as string | undefined, mode: opts.mode as string | undefined,
         udp: opts.udp === false ? false : undefined, attempts: opts.attempts === false ? false : undefined,
-        ctEnd: opts.ends === false ? false : undefined,
+        ctEnd: opts.ends === false ? false : undefined, proxyProtocol: opts.proxyProtocol === false ? false : undefined,
         ifaces: opts.ifaces as string | undefined, exclude: opts.exclude as string | undefined,
         ringKb: opts.ringKb as string | undefined, wakeupKb: opts.wakeupKb as string | undefined,
         drainMs: opts.drain as string | undefined, dropAfterMs: opts.dropAfter as string | undefined,
         statsIntervalMs: opts.statsInterval as string | undefined, lockDir: opts.lockDir as string | undefined,
         collector: opts.collector as string | undefined, batchEvents: opts.batchEvents as string | undefined,
         queueEvents: opts.queueEvents as string | undefined,
-      }, process.env, { drainMs: '--drain', dropAfterMs: '--drop-after', statsIntervalMs: '--stats-interval' });
+        kubernetes: opts.kubernetes as boolean | undefined, kubeconfig: opts.kubeconfig as string | undefined,
+        healthIntervalMs: opts.healthCheckInterval as string | undefined,
+      }, process.env, { drainMs: '--drain', dropAfterMs: '--drop-after', statsIntervalMs: '--stats-interval', healthIntervalMs: '--health-check-interval' });
       if (!opts.stdout === !cfg.collector) throw new UsageError('agent: choose one output: --collector HOST:PORT or --stdout');
-      if (cfg.collector) await runAgentToCollector(new Agent(cfg), cfg.collector, cfg.batchEvents, cfg.queueEvents);
+      const kubernetes = cfg.kubernetes || cfg.kubeconfig
+        ? { kubeConfig: loadKubeConfig({ kubeconfig: cfg.kubeconfig }), healthIntervalMs: cfg.healthIntervalMs }
+        : undefined;
+      if (kubernetes && !cfg.collector) throw new UsageError('agent: --kubernetes/--kubeconfig need --collector (health-check readings go to the collector)');
+      if (cfg.collector) await runAgentToCollector(new Agent(cfg), cfg.collector, cfg.batchEvents, cfg.queueEvents, kubernetes);
       else await runAgentToStdout(new Agent(cfg));
     });
 }
@@ -127,8 +138,14 @@ const logStatus = (fields: Record<string, unknown>): void => {
 };
 
 /** Streams to a collector until SIGTERM/SIGINT, then drains what is queued (up to 5 s). */
-export async function runAgentToCollector(agent: Agent, target: string, batchEvents: number, queueEvents: number): Promise<void> {
-  const output = new CollectorOutput(agent, { target, batchEvents, queueEvents });
+export async function runAgentToCollector(
+  agent: Agent,
+  target: string,
+  batchEvents: number,
+  queueEvents: number,
+  kubernetes?: CollectorOutputOptions['kubernetes'],
+): Promise<void> {
+  const output = new CollectorOutput(agent, { target, batchEvents, queueEvents, kubernetes });
   output.on('status', logStatus);
   agent.on('warn', (msg: string) => logStatus({ event: 'warn', msg }));
   agent.on('event', (ev: AgentEvent) => {

@@ -25,6 +25,8 @@ export interface ProbeOptions {
   attempts?: boolean;
   /** Report connection ends (ctnetlink DESTROY) with counters. */
   ctEnd?: boolean;
+  /** Watch the first data segment of new TCP connections for PROXY protocol headers (default on). */
+  proxyProtocol?: boolean;
   ringKb?: number;
   wakeupKb?: number;
   drainMs?: number;
@@ -60,6 +62,7 @@ export function probeArgs(opts: ProbeOptions): string[] {
   if (opts.udp === false) args.push('--no-udp');
   if (opts.attempts === false) args.push('--no-attempts');
   if (opts.ctEnd === false) args.push('--no-ct-end');
+  if (opts.proxyProtocol === false) args.push('--no-proxy-protocol');
   const numeric: [keyof ProbeOptions, string][] = [
     ['ringKb', '--ring-kb'], ['wakeupKb', '--wakeup-kb'], ['drainMs', '--drain-ms'],
     ['statsMs', '--stats-ms'], ['dropAfterMs', '--drop-after-ms'],

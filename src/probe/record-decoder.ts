@@ -2,7 +2,7 @@
  * Decodes the fixed-size binary records natlens-probe writes to stdout.
  * Offsets come only from record-layout.generated.ts (generated from the BPF object's BTF).
  */
-import { NL_EVENT, NL_STATS, NL_TUPLE, NL_RECORD_SIZE, NlCounter, NlHook, NlRecordKind } from './record-layout.generated.js';
+import { NL_EVENT, NL_PROXY, NL_STATS, NL_TUPLE, NL_RECORD_SIZE, NlCounter, NlHook, NlRecordKind } from './record-layout.generated.js';
 import { formatIPv4, formatIPv6 } from './ip-format.js';
 
 export { NL_RECORD_SIZE };
@@ -49,16 +49,47 @@ export interface StatsRecord {
   counters: Record<CounterName, number>;
 }
 
-export type ProbeRecord = FlowRecord | StatsRecord;
+/**
+ * The first data segment of a new TCP connection left an interface starting like a PROXY protocol
+ * header ("PROXY " or the v2 signature). The kernel only copies bytes: parsing the header is the
+ * agent's job (src/util/proxy-protocol.ts).
+ */
+export interface ProxyRecord {
+  kind: 'proxy';
+  /** CLOCK_REALTIME nanoseconds. */
+  tsNs: bigint;
+  /** Of the packet (the header's own family may differ). */
+  family: 4 | 6;
+  proto: 'tcp';
+  hook: Hook;
+  ifindex: number;
+  /** The connection's SYN ISN, as in its CONN record. */
+  tcpIsn: number;
+  /** The segment's tuple as it left: src = the pod's peer (the proxy, or the node that SNAT'd it), dst = the pod. */
+  tuple: Tuple;
+  /** TCP payload bytes of the segment (clamped to 65535); `bytes` holds the first NL_PROXY_DATA_MAX of them at most. */
+  payloadLen: number;
+  /** The payload's first bytes (a copy). */
+  bytes: Uint8Array;
+}
+
+/** Payload bytes a PROXY record can carry. */
+export const NL_PROXY_DATA_MAX = NL_PROXY.data.size;
+
+export type ProbeRecord = FlowRecord | ProxyRecord | StatsRecord;
 
 /** A record that cannot be decoded: the stream is out of step or the producer is not ours. */
 export class RecordDecodeError extends Error {}
 
-const KIND_NAMES = new Map<number, FlowRecord['kind']>([
+/** The kind of a record that is not STATS. */
+export type RecordKind = FlowRecord['kind'] | 'proxy';
+
+const KIND_NAMES = new Map<number, RecordKind>([
   [NlRecordKind.CONN, 'conn'],
   [NlRecordKind.DROP, 'drop'],
   [NlRecordKind.END, 'end'],
   [NlRecordKind.CT_NEW, 'ct_new'],
+  [NlRecordKind.PROXY, 'proxy'],
 ]);
 const HOOK_NAMES = new Map<number, Hook>([
   [NlHook.TC_EGRESS, 'tc_egress'],
@@ -92,9 +123,9 @@ function viewOf(buf: Uint8Array): DataView {
   return lastView!;
 }
 
-/** The validated header fields of a flow record (kind is never 'stats' here). */
+/** The validated header fields of a flow or PROXY record (kind is never 'stats' here). */
 export interface FlowHeader {
-  kind: FlowRecord['kind'];
+  kind: RecordKind;
   family: 4 | 6;
   proto: Proto;
   hook: Hook;
@@ -111,11 +142,24 @@ export function decodeFlowHeader(buf: Uint8Array, base: number): FlowHeader {
   if (protoCode !== 6 && protoCode !== 17) throw new RecordDecodeError(`unknown protocol ${protoCode} in ${kind} record`);
   const hook = HOOK_NAMES.get(buf[base + NL_EVENT.hdr_hook.offset]!);
   if (hook === undefined) throw new RecordDecodeError(`unknown hook ${buf[base + NL_EVENT.hdr_hook.offset]} in ${kind} record`);
+  if (kind === 'proxy' && protoCode !== 6) throw new RecordDecodeError(`protocol ${protoCode} in a proxy record (PROXY headers open TCP connections)`);
   return { kind, family, proto: protoCode === 6 ? 'tcp' : 'udp', hook };
 }
 
 export function isStatsRecord(buf: Uint8Array, base: number): boolean {
   return buf[base + NL_EVENT.hdr_kind.offset] === NlRecordKind.STATS;
+}
+
+export function isProxyRecord(buf: Uint8Array, base: number): boolean {
+  return buf[base + NL_PROXY.hdr_kind.offset] === NlRecordKind.PROXY;
+}
+
+/** The captured payload bytes of the PROXY record at `base` (a view into `buf`), and the segment's payload length. */
+export function proxyPayloadOf(buf: Uint8Array, base: number): { bytes: Uint8Array; payloadLen: number } {
+  const at = base + NL_PROXY.data_len.offset;
+  const payloadLen = buf[at]! | (buf[at + 1]! << 8); // u16, host order (little-endian)
+  const start = base + NL_PROXY.data.offset;
+  return { bytes: buf.subarray(start, start + Math.min(payloadLen, NL_PROXY.data.size)), payloadLen };
 }
 
 /** Decodes the record at `base` (NL_RECORD_SIZE bytes must be available). Throws RecordDecodeError on bad kind/family/proto. */
@@ -131,6 +175,21 @@ export function decodeRecord(buf: Uint8Array, base = 0): ProbeRecord {
     return { kind: 'stats', tsNs, counters };
   }
   const { kind, family, proto, hook } = decodeFlowHeader(buf, base);
+  if (kind === 'proxy') {
+    const { bytes, payloadLen } = proxyPayloadOf(buf, base);
+    return {
+      kind,
+      tsNs,
+      family,
+      proto: 'tcp',
+      hook,
+      ifindex: view.getUint32(base + NL_PROXY.hdr_ifindex.offset, true),
+      tcpIsn: view.getUint32(base + NL_PROXY.hdr_tcp_isn.offset, true),
+      tuple: readTuple(buf, view, base + NL_PROXY.pkt_src.offset, family),
+      payloadLen,
+      bytes: Uint8Array.from(bytes),
+    };
+  }
   return {
     kind,
     tsNs,

@@ -67,13 +67,34 @@ export const NL_STATS = {
   counter: { offset: 24, size: 8, count: 13 },
 } as const;
 
+/** struct nl_proxy */
+export const NL_PROXY = {
+  size: 128,
+  hdr_ts_ns: { offset: 0, size: 8 },
+  hdr_kind: { offset: 8, size: 1 },
+  hdr_family: { offset: 9, size: 1 },
+  hdr_proto: { offset: 10, size: 1 },
+  hdr_hook: { offset: 11, size: 1 },
+  hdr_ifindex: { offset: 12, size: 4 },
+  hdr_ct_status: { offset: 16, size: 4 },
+  hdr_tcp_isn: { offset: 20, size: 4 },
+  pkt_src: { offset: 24, size: 16 },
+  pkt_dst: { offset: 40, size: 16 },
+  pkt_sport: { offset: 56, size: 2 },
+  pkt_dport: { offset: 58, size: 2 },
+  data_len: { offset: 60, size: 2 },
+  data: { offset: 62, size: 66 },
+} as const;
+
 /** struct nl_config */
 export const NL_CONFIG = {
-  size: 24,
+  size: 32,
   wakeup_bytes: { offset: 0, size: 8 },
   udp_idle_ns: { offset: 8, size: 8 },
   capture_udp: { offset: 16, size: 4 },
   track_attempts: { offset: 20, size: 4 },
+  capture_proxy: { offset: 24, size: 4 },
+  pad: { offset: 28, size: 4 },
 } as const;
 
 /** enum nl_record_kind (NL_KIND_*) */
@@ -83,6 +104,7 @@ export const NlRecordKind = {
   END: 3,
   STATS: 4,
   CT_NEW: 5,
+  PROXY: 6,
 } as const;
 export type NlRecordKind = (typeof NlRecordKind)[keyof typeof NlRecordKind];
 
@@ -106,6 +128,8 @@ export const NlCounter = {
   DROP_SEEN: 7,
   END_SEEN: 8,
   ATTACHED_IFACES: 9,
+  PROXY_WATCHED: 10,
+  PROXY_SEEN: 11,
   MAX: 13,
 } as const;
 export type NlCounter = (typeof NlCounter)[keyof typeof NlCounter];

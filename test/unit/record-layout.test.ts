@@ -16,3 +16,27 @@ describe.skipIf(!built)('generated record layout', () => {
     expect(r.status).toBe(0);
   });
 });
+
+describe('record bodies (generated layout)', () => {
+  it('are all one record long and share struct nl_header, so kind/family/proto/hook/ts are read alike', async () => {
+    const L = await import('../../src/probe/record-layout.generated.js');
+    for (const body of [L.NL_EVENT, L.NL_STATS, L.NL_PROXY]) {
+      expect(body.size).toBe(L.NL_RECORD_SIZE);
+      for (const [name, field] of Object.entries(L.NL_HEADER)) {
+        if (name === 'size') continue;
+        expect((body as unknown as Record<string, unknown>)[`hdr_${name}`], `hdr_${name}`).toEqual(field);
+      }
+    }
+  });
+
+  it('PROXY: tuple, then data_len, then the payload bytes up to the end of the record', async () => {
+    const { NL_PROXY, NL_HEADER, NL_TUPLE, NL_RECORD_SIZE, NlRecordKind, NlCounter } = await import('../../src/probe/record-layout.generated.js');
+    expect(NL_PROXY.pkt_src.offset).toBe(NL_HEADER.size);
+    expect(NL_PROXY.data_len).toEqual({ offset: NL_HEADER.size + NL_TUPLE.size, size: 2 });
+    expect(NL_PROXY.data.offset + NL_PROXY.data.size).toBe(NL_RECORD_SIZE);
+    // Room for a v2 header's IPv6 addresses (16 + 36) and the longest v1 TCP4 line (56).
+    expect(NL_PROXY.data.size).toBeGreaterThanOrEqual(56);
+    expect(NlRecordKind.PROXY).toBe(6);
+    expect(NlCounter.PROXY_SEEN).toBeLessThan(NlCounter.MAX);
+  });
+});
