@@ -10,6 +10,16 @@
 //   real path=/
 //   ...
 //
+// A TCP connection may start with a PROXY protocol header (v1 or v2, from the lab's proxy
+// load balancer): client_address/client_port stay the TCP peer (what the pod saw at the IP
+// level) and the header's client is added to CLIENT VALUES:
+//
+//   proxy_protocol=v2
+//   proxy_client_address=198.51.100.79
+//   proxy_client_port=41234
+//
+// A malformed header gets "400 Bad Request" and the connection is closed.
+//
 // It logs nothing per request (it carries benchmark load). It prints "ready" on
 // stdout once both sockets listen, then nothing more.
 //
@@ -17,6 +27,8 @@
 
 import dgram from 'node:dgram';
 import http from 'node:http';
+import net from 'node:net';
+import { parseProxyHeader, type ProxyHeader } from '../util/proxy-protocol.js';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -43,6 +55,8 @@ interface Seen {
   path: string;
   version: string;
   headers: Array<[string, string]>;
+  /** The PROXY protocol header the connection started with, if any. */
+  proxy?: ProxyHeader;
 }
 
 export function render(s: Seen): string {
@@ -53,6 +67,13 @@ export function render(s: Seen): string {
     'CLIENT VALUES:',
     `client_address=${s.clientAddress}`,
     `client_port=${s.clientPort}`,
+    ...(s.proxy
+      ? [
+          `proxy_protocol=v${s.proxy.version}`,
+          ...(s.proxy.command === 'local' ? ['proxy_command=LOCAL'] : []),
+          ...(s.proxy.family !== 0 ? [`proxy_client_address=${s.proxy.src}`, `proxy_client_port=${s.proxy.sport}`] : []),
+        ]
+      : []),
     `command=${s.method}`,
     `real path=${q >= 0 ? s.path.slice(0, q) : s.path}`,
     `query=${query}`,
@@ -75,6 +96,56 @@ export function render(s: Seen): string {
   return lines.join('\n') + '\n';
 }
 
+/** PROXY headers of the connections that had one. */
+const proxyHeaders = new WeakMap<net.Socket, ProxyHeader>();
+
+/** Longest a PROXY header may be before we give up (v2: 16 + 65535; keep it sane). */
+const PROXY_MAX = 4096;
+
+/**
+ * Read a PROXY header, if the connection starts with one, then hand the socket to the HTTP
+ * server with the remaining bytes pushed back. `onReady(null)`: no header.
+ */
+function takeProxyHeader(socket: net.Socket, onReady: (header: ProxyHeader | null) => void, onInvalid: (reason: string) => void): void {
+  let buf: Buffer = Buffer.alloc(0);
+  const timer = setTimeout(() => done(() => socket.destroy()), 10_000);
+  let finished = false;
+  function done(then: () => void): void {
+    if (finished) return;
+    finished = true;
+    clearTimeout(timer);
+    socket.removeListener('data', onData);
+    socket.removeListener('end', onEnd);
+    socket.pause();
+    then();
+  }
+  function onEnd(): void {
+    // Closed before a full header / any byte: nothing to serve.
+    done(() => socket.destroy());
+  }
+  function onData(chunk: Buffer): void {
+    buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
+    const r = parseProxyHeader(buf);
+    if (r.kind === 'none') return done(() => handBack(null, buf));
+    if (r.kind === 'invalid') return done(() => onInvalid(r.reason));
+    if (r.kind === 'incomplete') {
+      if (buf.length > PROXY_MAX) done(() => onInvalid('header too long'));
+      return;
+    }
+    if (buf.length < r.header.length) {
+      if (r.header.length > PROXY_MAX) done(() => onInvalid(`v2 header of ${r.header.length} bytes is too long`));
+      return; // TLVs still arriving
+    }
+    done(() => handBack(r.header, buf.subarray(r.header.length)));
+  }
+  function handBack(header: ProxyHeader | null, rest: Buffer): void {
+    if (rest.length) socket.unshift(rest);
+    onReady(header);
+  }
+  socket.on('data', onData);
+  socket.on('end', onEnd);
+}
+
 function main(): void {
   const server = http.createServer((req, res) => {
     const sock = req.socket;
@@ -92,6 +163,7 @@ function main(): void {
       path: req.url ?? '/',
       version: req.httpVersion,
       headers,
+      ...(proxyHeaders.has(sock) ? { proxy: proxyHeaders.get(sock) as ProxyHeader } : {}),
     });
     req.resume();
     res.writeHead(200, { 'Content-Type': 'text/plain', 'Content-Length': Buffer.byteLength(body) });
@@ -99,6 +171,24 @@ function main(): void {
   });
   server.on('clientError', (_err, socket) => socket.destroy());
   server.keepAliveTimeout = 5000;
+
+  // TCP is accepted here first: a PROXY header is taken off before HTTP parsing.
+  const front = net.createServer((socket) => {
+    socket.on('error', () => socket.destroy());
+    takeProxyHeader(
+      socket,
+      (header) => {
+        if (header) proxyHeaders.set(socket, header);
+        server.emit('connection', socket);
+        socket.resume();
+      },
+      (reason) => {
+        const body = `malformed PROXY protocol header: ${reason}\n`;
+        socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+        setTimeout(() => socket.destroy(), 1000).unref();
+      },
+    );
+  });
 
   const udp = dgram.createSocket({ type: 'udp6', ipv6Only: false });
   udp.on('error', () => undefined);
@@ -126,10 +216,11 @@ function main(): void {
     if (++listening === 2) process.stdout.write('ready\n');
   };
   process.stdout.on('error', () => undefined);
-  server.listen({ host: '::', port, ipv6Only: false }, ready);
+  front.listen({ host: '::', port, ipv6Only: false }, ready);
   udp.bind({ port, address: '::' }, ready);
   const stop = (): void => {
     udp.close();
+    front.close();
     server.close();
     setTimeout(() => process.exit(0), 200).unref();
   };

@@ -11,13 +11,19 @@ export type IPFamily = 4 | 6;
 export type L4Protocol = 'TCP' | 'UDP' | 'SCTP';
 export type TrafficPolicy = 'Cluster' | 'Local';
 
-/** One endpoint (a ready pod address) of a service port, in one IP family. */
+/** One endpoint (a pod address) of a service port, in one IP family, with its
+ * EndpointSlice conditions. */
 export interface ProxyEndpoint {
   ip: string;
   port: number;
   /** Node the endpoint's pod runs on (EndpointSlice endpoint.nodeName). */
   nodeName: string;
+  /** conditions.ready; default true. */
   ready?: boolean;
+  /** conditions.serving; default: the value of ready (as the API server defaults it). */
+  serving?: boolean;
+  /** conditions.terminating; default false. */
+  terminating?: boolean;
 }
 
 /**
@@ -105,6 +111,20 @@ export function isReady(ep: ProxyEndpoint): boolean {
   return ep.ready !== false;
 }
 
+export function isServing(ep: ProxyEndpoint): boolean {
+  return ep.serving ?? isReady(ep);
+}
+
+export function isTerminating(ep: ProxyEndpoint): boolean {
+  return ep.terminating === true;
+}
+
+/** A serving-but-terminating endpoint (a pod in its deletion grace period that still passes
+ * its readiness probe): used only when no ready endpoint is available (ProxyTerminatingEndpoints). */
+export function isServingTerminating(ep: ProxyEndpoint): boolean {
+  return !isReady(ep) && isServing(ep) && isTerminating(ep);
+}
+
 export function externallyAccessible(sp: ProxyServicePort): boolean {
   return (
     (sp.nodePort ?? 0) !== 0 || (sp.loadBalancerIPs?.length ?? 0) > 0 || (sp.externalIPs?.length ?? 0) > 0
@@ -137,11 +157,54 @@ export interface CategorizedEndpoints {
   hasEndpoints: boolean;
 }
 
-/** A reduced CategorizeEndpoints (no topology hints, no terminating endpoints). */
+/**
+ * pkg/proxy/topology.go CategorizeEndpoints, without topology hints: the usable
+ * Cluster-policy endpoints, the usable Local-policy endpoints, their union, and whether
+ * the service has usable endpoints anywhere in the cluster.
+ *
+ * "Usable" means ready; when there is no ready endpoint in a set, kube-proxy falls back to
+ * the serving-and-terminating endpoints of that set (ProxyTerminatingEndpoints, GA in 1.28),
+ * independently for Cluster (cluster-wide) and Local (on this node).
+ */
 export function categorizeEndpoints(sp: ProxyServicePort, nodeName: string): CategorizedEndpoints {
-  const ready = sp.endpoints.filter(isReady);
-  const clusterEndpoints = usesClusterEndpoints(sp) ? ready : [];
-  const localEndpoints = usesLocalEndpoints(sp) ? ready.filter((e) => e.nodeName === nodeName) : [];
+  const endpoints = sp.endpoints;
+  let clusterEndpoints: ProxyEndpoint[] = [];
+  let localEndpoints: ProxyEndpoint[] = [];
+  let hasEndpoints = false;
+  if (endpoints.length === 0) return { clusterEndpoints, localEndpoints, allLocallyReachableEndpoints: [], hasEndpoints };
+
+  if (usesClusterEndpoints(sp)) {
+    clusterEndpoints = endpoints.filter(isReady);
+    // No ready endpoint anywhere: try the serving-terminating ones.
+    if (clusterEndpoints.length === 0) clusterEndpoints = endpoints.filter((e) => isServing(e) && isTerminating(e));
+    if (clusterEndpoints.length > 0) hasEndpoints = true;
+  }
+  if (!usesLocalEndpoints(sp)) return { clusterEndpoints, localEndpoints, allLocallyReachableEndpoints: clusterEndpoints, hasEndpoints };
+
+  // Pre-scan: which kind of endpoint Local policy uses, and whether any is usable anywhere.
+  let hasLocalReady = false;
+  let hasLocalServingTerminating = false;
+  for (const e of endpoints) {
+    const local = e.nodeName === nodeName;
+    if (isReady(e)) {
+      hasEndpoints = true;
+      if (local) hasLocalReady = true;
+    } else if (isServing(e) && isTerminating(e)) {
+      hasEndpoints = true;
+      if (local) hasLocalServingTerminating = true;
+    }
+  }
+  let useServingTerminating = false;
+  if (hasLocalReady) localEndpoints = endpoints.filter((e) => e.nodeName === nodeName && isReady(e));
+  else if (hasLocalServingTerminating) {
+    useServingTerminating = true;
+    localEndpoints = endpoints.filter((e) => e.nodeName === nodeName && isServing(e) && isTerminating(e));
+  }
+  if (!usesClusterEndpoints(sp)) return { clusterEndpoints, localEndpoints, allLocallyReachableEndpoints: localEndpoints, hasEndpoints };
+  // Without topology, clusterEndpoints holds every ready endpoint: a superset of the ready local ones.
+  if (!useServingTerminating) return { clusterEndpoints, localEndpoints, allLocallyReachableEndpoints: clusterEndpoints, hasEndpoints };
+
+  // clusterEndpoints may hold remote endpoints, localEndpoints terminating local ones: merge.
   const seen = new Set<string>();
   const allLocallyReachableEndpoints: ProxyEndpoint[] = [];
   for (const e of [...clusterEndpoints, ...localEndpoints]) {
@@ -151,7 +214,17 @@ export function categorizeEndpoints(sp: ProxyServicePort, nodeName: string): Cat
       allLocallyReachableEndpoints.push(e);
     }
   }
-  return { clusterEndpoints, localEndpoints, allLocallyReachableEndpoints, hasEndpoints: ready.length > 0 };
+  return { clusterEndpoints, localEndpoints, allLocallyReachableEndpoints, hasEndpoints };
+}
+
+/**
+ * What kube-proxy's service health server reports as localEndpoints for a service on a node
+ * (EndpointsMap.LocalReadyEndpoints): the number of distinct IPs of *ready* endpoints on the node.
+ * Serving-terminating endpoints may still carry traffic but do not count: the health check must
+ * fail on a node that only has terminating endpoints, so load balancers drain it.
+ */
+export function localReadyEndpointCount(endpoints: ProxyEndpoint[], nodeName: string): number {
+  return new Set(endpoints.filter((e) => e.nodeName === nodeName && isReady(e)).map((e) => e.ip)).size;
 }
 
 /** The per-service-port decisions of syncProxyRules, shared by both backends. */

@@ -1,6 +1,7 @@
 // The lab's curl: one request from inside a network namespace
 // (`ip netns exec <ns> node lab-client.js '<json>'`), printing one JSON line:
-// {"proto","family","local":{ip,port}|null,"remote":{ip,port},"ok","client_address","response","error"}
+// {"proto","family","local":{ip,port}|null,"remote":{ip,port},"ok","client_address",
+//  "proxy_protocol","proxy_client_address","proxy_client_port","response","error"}
 // `local` is the address/port the socket actually used (getsockname), so
 // capture tests can compare it with what the kernel reported.
 
@@ -22,13 +23,31 @@ export interface LabClientResult {
   remote: { ip: string; port: number };
   ok: boolean;
   client_address: string | null;
+  /** "v1"/"v2" when the connection reached the echo server with a PROXY protocol header
+   * (the lab's proxy load balancer), else null. */
+  proxy_protocol: string | null;
+  /** The client address that header carried (what the pod can learn despite SNAT). */
+  proxy_client_address: string | null;
+  proxy_client_port: number | null;
   response: string | null;
   error: string | null;
 }
 
-function clientAddress(text: string): string | null {
-  const m = /^client_address=(.*)$/m.exec(text);
+function echoValue(text: string | null, key: string): string | null {
+  if (!text) return null;
+  const m = new RegExp(`^${key}=(.*)$`, 'm').exec(text);
   return m?.[1]?.trim() ?? null;
+}
+
+/** The fields parsed out of an echo server's answer. */
+export function echoFields(text: string | null): Pick<LabClientResult, 'client_address' | 'proxy_protocol' | 'proxy_client_address' | 'proxy_client_port'> {
+  const port = echoValue(text, 'proxy_client_port');
+  return {
+    client_address: echoValue(text, 'client_address'),
+    proxy_protocol: echoValue(text, 'proxy_protocol'),
+    proxy_client_address: echoValue(text, 'proxy_client_address'),
+    proxy_client_port: port === null ? null : Number(port),
+  };
 }
 
 function tcp(req: LabClientRequest, family: 4 | 6): Promise<LabClientResult> {
@@ -58,7 +77,7 @@ function tcp(req: LabClientRequest, family: 4 | 6): Promise<LabClientResult> {
       grabLocal();
       sock.destroy();
       const body = buf.includes('\r\n\r\n') ? buf.slice(buf.indexOf('\r\n\r\n') + 4) : buf;
-      resolve({ ...base, local, ok, client_address: ok ? clientAddress(body) : null, response: ok ? body : null, error });
+      resolve({ ...base, local, ok, ...echoFields(ok ? body : null), response: ok ? body : null, error });
     };
     const timer = setTimeout(() => {
       finish(
@@ -99,7 +118,7 @@ function udp(req: LabClientRequest, family: 4 | 6): Promise<LabClientResult> {
       } catch {
         /* already closed */
       }
-      resolve({ ...base, local, ok, client_address: text ? clientAddress(text) : null, response: text, error });
+      resolve({ ...base, local, ok, ...echoFields(text), response: text, error });
     };
     const timer = setTimeout(() => finish(false, null, `timeout after ${req.timeoutMs}ms: no UDP reply (dropped?)`), req.timeoutMs);
     sock.on('error', (err: NodeJS.ErrnoException) => finish(false, null, `${err.code ?? 'error'}: ${err.message}`));

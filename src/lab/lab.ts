@@ -1,16 +1,24 @@
 // The lab: the cluster of the Kubernetes "Using Source IP" tutorial built out of
 // network namespaces, veth pairs and real kube-proxy NAT rules on one machine.
 //
-//   client (198.51.100.79) ── router ── br0 (10.240.0.0/24) ─┬─ lb (10.240.0.2, forwards 203.0.113.140)
+//   client (198.51.100.79) ── router ── br0 (10.240.0.0/24) ─┬─ lb (10.240.0.2, forwards or proxies 203.0.113.140)
 //                                                             ├─ node1 (10.240.0.3) ── source-ip-app, busybox-1
 //                                                             ├─ node2 (10.240.0.4) ── busybox-2
 //                                                             └─ node3 (10.240.0.5)
 //
-// Library entry points: labUp, labDown, labPatch, labCurl, labAddPod(s),
-// labAddService, readLabState, labStatus. State lives in /run/natlens/lab-<prefix>.json.
+// Daemons: every node runs kube-proxy's health server (kube-proxy-healthz.js, /healthz on
+// each Local LoadBalancer Service's healthCheckNodePort); the LB runs a health-checking
+// controller (lb-controller.js: VIP routes to the healthy nodes) and, in proxy mode, a TCP
+// proxy (lb-proxy.js, optionally writing PROXY protocol headers). All follow the state file
+// and get a SIGHUP after every change.
+//
+// Library entry points: labUp, labDown, labPatch, labTerminate, labRestore, labSetLbMode,
+// labWaitLb, labHealthz, labCurl, labAddPod(s), labAddService, readLabState, labStatus.
+// State lives in /run/natlens/lab-<prefix>.json (the LB controller's live targets and
+// health in /run/natlens/lab-<prefix>-lb.json, merged by readLabState).
 
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { NatlensError, UsageError } from '../util/errors.js';
@@ -19,7 +27,9 @@ import { ipBatch, listNetns, netnsExists, nsRun, procCmdline, run, sleep, sysctl
 import { applyKubeProxy } from './kube-proxy-apply.js';
 import type { IPFamily } from './kube-proxy-model.js';
 import type { LabClientResult } from './lab-client.js';
+import type { ProbeResult } from './kube-proxy-healthz.js';
 import {
+  DEFAULT_LB_HEALTH_CHECK,
   DEFAULT_PREFIX,
   POD_GW,
   STATE_DIR,
@@ -27,46 +37,89 @@ import {
   allocateNodePort,
   allocatePodIPs,
   byFamily,
+  daemonLogPath,
   defaultLabState,
   familyOf,
+  hasHealthCheck,
+  lbHealthPath,
+  lbNetworkLines,
+  lbTargetNodes,
   makePod,
   makeService,
+  normalizeLabState,
   nsName,
   refreshDerived,
   statePath,
   validatePrefix,
 } from './topology.js';
 import type {
+  LabLbHealth,
+  LabLbHealthCheckConfig,
   LabNode,
   LabPod,
   LabServer,
   LabService,
   LabServicePort,
   LabState,
+  LbMode,
   ProxyMode,
+  ProxyProtocolMode,
   ServiceType,
   TrafficPolicy,
 } from './types.js';
 
 export * from './types.js';
-export { DEFAULT_PREFIX, statePath } from './topology.js';
+export { DEFAULT_PREFIX, DEFAULT_LB_HEALTH_CHECK, lbHealthPath, statePath } from './topology.js';
 
 export type Progress = (line: string) => void;
 const quiet: Progress = () => undefined;
 
 // ---------------------------------------------------------------- state I/O
 
-/** The lab's state, or null when no lab with that prefix is up. */
-export function readLabState(prefix: string = DEFAULT_PREFIX): LabState | null {
+/** The state file as written (normalised for old versions), without the LB controller's live view. */
+function readRawState(prefix: string): LabState | null {
   const p = statePath(prefix);
   if (!existsSync(p)) return null;
-  return JSON.parse(readFileSync(p, 'utf8')) as LabState;
+  return normalizeLabState(JSON.parse(readFileSync(p, 'utf8')) as LabState);
+}
+
+/** The LB controller's file (live targets and health), or null. */
+export function readLbHealth(prefix: string = DEFAULT_PREFIX): LabLbHealth | null {
+  try {
+    return JSON.parse(readFileSync(lbHealthPath(prefix), 'utf8')) as LabLbHealth;
+  } catch {
+    return null;
+  }
+}
+
+/** The lab's state, or null when no lab with that prefix is up. lb.targets are the live,
+ * health-checked targets and lb.health the controller's view (when the controller runs). */
+export function readLabState(prefix: string = DEFAULT_PREFIX): LabState | null {
+  const state = readRawState(prefix);
+  if (!state) return null;
+  const health = readLbHealth(prefix);
+  if (health && health.stateCreatedAt === state.createdAt) {
+    state.lb.health = health;
+    for (const [key, svc] of Object.entries(health.services)) if (key in state.lb.targets) state.lb.targets[key] = [...svc.targets];
+  }
+  return state;
+}
+
+function noLab(prefix: string): NatlensError {
+  return new NatlensError(`no lab with prefix "${prefix}" is up (start one with: natlens lab up${prefix === DEFAULT_PREFIX ? '' : ` --prefix ${prefix}`})`);
 }
 
 /** The lab's state; throws a helpful error when there is none. */
 export function requireLabState(prefix: string = DEFAULT_PREFIX): LabState {
   const s = readLabState(prefix);
-  if (!s) throw new NatlensError(`no lab with prefix "${prefix}" is up (start one with: natlens lab up${prefix === DEFAULT_PREFIX ? '' : ` --prefix ${prefix}`})`);
+  if (!s) throw noLab(prefix);
+  return s;
+}
+
+/** For changes: the state as stored (no live LB view merged in). */
+function requireRawState(prefix: string): LabState {
+  const s = readRawState(prefix);
+  if (!s) throw noLab(prefix);
   return s;
 }
 
@@ -74,8 +127,17 @@ function writeLabState(state: LabState): void {
   mkdirSync(STATE_DIR, { recursive: true });
   const p = statePath(state.prefix);
   const tmp = `${p}.tmp-${process.pid}`;
-  writeFileSync(tmp, JSON.stringify(state, null, 2) + '\n');
+  const { health: _live, ...lb } = state.lb;
+  writeFileSync(tmp, JSON.stringify({ ...state, lb }, null, 2) + '\n');
   renameSync(tmp, p);
+}
+
+function stateMtimeMs(prefix: string): number {
+  try {
+    return statSync(statePath(prefix)).mtimeMs;
+  } catch {
+    return 0;
+  }
 }
 
 /** Serialise state mutations per prefix within this process. */
@@ -92,9 +154,12 @@ function withLock<T>(prefix: string, fn: () => Promise<T>): Promise<T> {
 
 // ---------------------------------------------------------------- scripts
 
-/** Path of a compiled lab script (echo-server, lab-client): next to this module
+export type LabScript = 'echo-server' | 'lab-client' | 'kube-proxy-healthz' | 'lb-controller' | 'lb-proxy';
+const LAB_SCRIPTS: LabScript[] = ['echo-server', 'lab-client', 'kube-proxy-healthz', 'lb-controller', 'lb-proxy'];
+
+/** Path of a compiled lab script (echo-server, lab-client, the daemons): next to this module
  * when running from dist/, else the build output (run `npm run build:ts` first). */
-export function labScriptPath(name: 'echo-server' | 'lab-client'): string {
+export function labScriptPath(name: LabScript): string {
   const here = dirname(fileURLToPath(import.meta.url));
   const candidates = [join(here, `${name}.js`), join(PACKAGE_ROOT, 'dist', 'src', 'lab', `${name}.js`)];
   for (const c of candidates) if (existsSync(c)) return c;
@@ -133,21 +198,11 @@ function nodeByName(state: LabState, name: string): LabNode {
   return n;
 }
 
-/** `ip` commands (for `ip -n <lb> -batch`) that point each LB VIP at its target nodes (ECMP). */
+/** `ip` commands (for `ip -n <lb> -batch`) delivering each LB VIP per the LB mode: ECMP
+ * routes to the target nodes (forward) or local addresses for the proxy (proxy). The LB
+ * controller owns these once it runs; this is the initial wiring. */
 function lbRouteLines(state: LabState): string[] {
-  const lines: string[] = [];
-  for (const svc of state.services) {
-    if (svc.type !== 'LoadBalancer') continue;
-    const targets = (state.lb.targets[`${svc.namespace}/${svc.name}`] ?? []).map((n) => nodeByName(state, n));
-    for (const vip of svc.loadBalancerIPs) {
-      const fam = familyOf(vip);
-      const dst = `${vip}/${fam === 6 ? 128 : 32}`;
-      const hops = targets.map((n) => byFamily(n.internalIPs, fam)).filter((x): x is string => !!x);
-      if (hops.length === 0) lines.push(`route replace blackhole ${dst}`);
-      else lines.push(`route replace ${dst} ${hops.map((h) => `nexthop via ${h} dev eth0`).join(' ')}`);
-    }
-  }
-  return lines;
+  return lbNetworkLines(state, state.lb.targets, state.lb.mode);
 }
 
 async function wireInfrastructure(state: LabState): Promise<void> {
@@ -331,6 +386,176 @@ async function killServer(server: LabServer): Promise<boolean> {
   return true;
 }
 
+// ---------------------------------------------------------------- daemons
+
+function serverRunning(server: LabServer | undefined): boolean {
+  return !!server && (procCmdline(server.pid) ?? '').includes(server.cmdlineMatch);
+}
+
+/** Start one of the lab's daemons inside a namespace; resolves once it printed "ready". */
+async function startDaemon(
+  netns: string,
+  script: LabScript,
+  args: string[],
+  kind: LabServer['kind'],
+  logFile: string,
+): Promise<LabServer> {
+  const path = labScriptPath(script);
+  const command = [process.execPath, path, ...args];
+  mkdirSync(STATE_DIR, { recursive: true });
+  const fd = openSync(logFile, 'a');
+  let child;
+  try {
+    child = spawn('ip', ['netns', 'exec', netns, ...command], { detached: true, stdio: ['ignore', 'pipe', fd] });
+  } finally {
+    closeSync(fd);
+  }
+  const pid = child.pid;
+  if (!pid) throw new NatlensError(`cannot start ${script} in ${netns}`);
+  // /proc/<pid>/cmdline joined with spaces ends with one: the trailing space keeps "node1" from matching "node10".
+  const server: LabServer = { pid, command, cmdlineMatch: `${path} ${args.join(' ')} `, kind };
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new NatlensError(`${script} in ${netns} did not become ready within 10s (log: ${logFile})`)), 10_000);
+    child.stdout?.setEncoding('utf8').on('data', (d: string) => {
+      out += d;
+      if (out.includes('ready\n')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new NatlensError(`${script} in ${netns} exited (code ${code}) before it was ready (log: ${logFile})`));
+    });
+  }).catch(async (err: unknown) => {
+    await killServer(server);
+    throw err;
+  });
+  child.removeAllListeners('exit');
+  child.stdout?.destroy();
+  child.unref();
+  return server;
+}
+
+function startHealthServer(state: LabState, node: LabNode): Promise<LabServer> {
+  return startDaemon(
+    node.netns,
+    'kube-proxy-healthz',
+    ['--state', statePath(state.prefix), '--node', node.name],
+    'healthz',
+    daemonLogPath(state.prefix, `healthz-${node.name}`),
+  );
+}
+
+function startLbController(state: LabState): Promise<LabServer> {
+  const hc = state.lb.healthCheck ?? DEFAULT_LB_HEALTH_CHECK;
+  return startDaemon(
+    state.lb.netns,
+    'lb-controller',
+    [
+      '--state', statePath(state.prefix),
+      '--lb-file', lbHealthPath(state.prefix),
+      '--interval', String(hc.intervalMs),
+      '--timeout', String(hc.timeoutMs),
+      '--unhealthy-threshold', String(hc.unhealthyThreshold),
+      '--healthy-threshold', String(hc.healthyThreshold),
+    ],
+    'lb-controller',
+    daemonLogPath(state.prefix, 'lb-controller'),
+  );
+}
+
+function startLbProxy(state: LabState): Promise<LabServer> {
+  return startDaemon(
+    state.lb.netns,
+    'lb-proxy',
+    ['--state', statePath(state.prefix), '--lb-file', lbHealthPath(state.prefix)],
+    'lb-proxy',
+    daemonLogPath(state.prefix, 'lb-proxy'),
+  );
+}
+
+export interface LabDaemon {
+  /** "healthz-node1", "lb-controller", "lb-proxy". */
+  name: string;
+  netns: string;
+  server: LabServer;
+}
+
+/** The daemons recorded in a state. */
+export function labDaemons(state: LabState): LabDaemon[] {
+  const out: LabDaemon[] = [];
+  for (const n of state.nodes) if (n.healthServer) out.push({ name: `healthz-${n.name}`, netns: n.netns, server: n.healthServer });
+  if (state.lb.controller) out.push({ name: 'lb-controller', netns: state.lb.netns, server: state.lb.controller });
+  if (state.lb.proxy) out.push({ name: 'lb-proxy', netns: state.lb.netns, server: state.lb.proxy });
+  return out;
+}
+
+/**
+ * Start the daemons the state needs that are not running (all of them for a fresh lab;
+ * after a crash, or for a lab made by an older natlens), stop the proxy outside proxy mode.
+ * The state file must be written first: the daemons read it. Returns true when the state
+ * changed (new PIDs) and must be written again.
+ */
+async function ensureDaemons(state: LabState): Promise<boolean> {
+  let changed = false;
+  // allSettled: a failed start must not leave the others running unrecorded.
+  const started = await Promise.allSettled(
+    state.nodes.map(async (n) => {
+      if (serverRunning(n.healthServer)) return;
+      n.healthServer = await startHealthServer(state, n);
+      changed = true;
+    }),
+  );
+  const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  if (!serverRunning(state.lb.controller)) {
+    state.lb.controller = await startLbController(state);
+    changed = true;
+  }
+  if (state.lb.mode === 'proxy' && !serverRunning(state.lb.proxy)) {
+    state.lb.proxy = await startLbProxy(state);
+    changed = true;
+  } else if (state.lb.mode !== 'proxy' && state.lb.proxy) {
+    await killServer(state.lb.proxy);
+    delete state.lb.proxy;
+    changed = true;
+  }
+  return changed;
+}
+
+/** SIGHUP every running daemon of the lab: re-read the state now. */
+function signalDaemons(state: LabState): void {
+  for (const d of labDaemons(state)) {
+    if (!serverRunning(d.server)) continue;
+    try {
+      process.kill(d.server.pid, 'SIGHUP');
+    } catch {
+      /* gone */
+    }
+  }
+}
+
+/** Wait (bounded) until every node's health server listens on the Local services' ports. */
+async function waitHealthPorts(state: LabState, timeoutMs = 3000): Promise<void> {
+  const ports = state.services.filter(hasHealthCheck).map((s) => s.healthCheckNodePort);
+  if (!ports.length) return;
+  const deadline = Date.now() + timeoutMs;
+  await Promise.all(
+    state.nodes
+      .filter((n) => serverRunning(n.healthServer))
+      .map(async (n) => {
+        for (;;) {
+          const ss = await nsRun(n.netns, 'ss', ['-Hltn'], { allowFail: true });
+          const listening = new Set([...ss.stdout.matchAll(/:(\d+)\s/g)].map((m) => Number(m[1])));
+          if (ports.every((p) => listening.has(p)) || Date.now() > deadline) return;
+          await sleep(50);
+        }
+      }),
+  );
+}
+
 // ---------------------------------------------------------------- up / down
 
 export interface LabUpOptions {
@@ -339,6 +564,24 @@ export interface LabUpOptions {
   /** Tear down an existing lab with the same prefix first. */
   force?: boolean;
   progress?: Progress;
+  /** The load balancer: "forward" (packet-forwarding, default) or "proxy" (TCP proxy). */
+  lbMode?: LbMode;
+  /** Proxy mode: the PROXY protocol header the proxy writes (default "none"). */
+  proxyProtocol?: ProxyProtocolMode;
+  /** The LB's health checks (default DEFAULT_LB_HEALTH_CHECK: every 1 s, out after 2 failures, back after 1 success). */
+  lbHealthCheck?: Partial<LabLbHealthCheckConfig>;
+}
+
+function checkLbOptions(mode: unknown, pp: unknown, hc: Partial<LabLbHealthCheckConfig> | undefined): LabLbHealthCheckConfig {
+  if (mode !== 'forward' && mode !== 'proxy') throw new UsageError(`--lb-mode must be forward or proxy, not "${String(mode)}"`);
+  if (pp !== 'none' && pp !== 'v1' && pp !== 'v2') throw new UsageError(`--proxy-protocol must be none, v1 or v2, not "${String(pp)}"`);
+  if (mode === 'forward' && pp !== 'none') throw new UsageError('--proxy-protocol needs --lb-mode proxy (a packet-forwarding LB writes no headers)');
+  const cfg = { ...DEFAULT_LB_HEALTH_CHECK, ...hc };
+  for (const [k, v] of Object.entries(cfg)) {
+    if (!Number.isInteger(v) || v <= 0 || v > 600_000) throw new UsageError(`LB health check ${k} must be a positive integer, not ${String(v)}`);
+  }
+  if (cfg.intervalMs < 50) throw new UsageError('the LB health-check interval must be at least 50ms');
+  return cfg;
 }
 
 function labNamespaceNames(state: LabState): string[] {
@@ -351,9 +594,15 @@ export async function labUp(opts: LabUpOptions = {}): Promise<LabState> {
   validatePrefix(prefix);
   const proxyMode = opts.proxyMode ?? 'iptables';
   if (proxyMode !== 'iptables' && proxyMode !== 'nftables') throw new UsageError(`--proxy-mode must be iptables or nftables, not "${String(proxyMode)}"`);
+  const lbMode = opts.lbMode ?? 'forward';
+  const proxyProtocol = opts.proxyProtocol ?? 'none';
+  const healthCheck = checkLbOptions(lbMode, proxyProtocol, opts.lbHealthCheck);
   const progress = opts.progress ?? quiet;
   return withLock(prefix, async () => {
     const state = defaultLabState(prefix, proxyMode);
+    state.lb.mode = lbMode;
+    state.lb.proxyProtocol = proxyProtocol;
+    state.lb.healthCheck = healthCheck;
     const names = labNamespaceNames(state);
     const existing = names.filter(netnsExists);
     if (readLabState(prefix) || existing.length) {
@@ -400,13 +649,21 @@ export async function labUp(opts: LabUpOptions = {}): Promise<LabState> {
         if (server) pod.server = server;
       }
       writeLabState(state);
+      progress(
+        `starting kube-proxy's health servers on the nodes and the load balancer's controller` +
+          (lbMode === 'proxy' ? ` and TCP proxy (PROXY protocol: ${proxyProtocol})` : ''),
+      );
+      rmSync(lbHealthPath(prefix), { force: true });
+      await ensureDaemons(state);
+      writeLabState(state);
       progress(`lab "${prefix}" is up`);
       return state;
     } catch (err) {
       progress(`lab up failed: removing what was created`);
       for (const pod of state.pods) if (pod.server) await killServer(pod.server);
+      for (const d of labDaemons(state)) await killServer(d.server);
       await deleteNamespaces(created);
-      rmSync(statePath(prefix), { force: true });
+      removeLabFiles(state.prefix, state);
       throw err;
     }
   });
@@ -431,31 +688,48 @@ export interface LabDownResult {
   killedPids: number[];
 }
 
+/** Remove the state file, the LB controller's file and the daemons' logs. */
+function removeLabFiles(prefix: string, state: LabState | null): void {
+  rmSync(statePath(prefix), { force: true });
+  rmSync(lbHealthPath(prefix), { force: true });
+  const logs = new Set(['lb-controller', 'lb-proxy', ...(state?.nodes ?? []).map((n) => `healthz-${n.name}`)].map((d) => daemonLogPath(prefix, d)));
+  // Also logs of nodes a crashed run left behind.
+  try {
+    for (const f of readdirSync(STATE_DIR)) if (new RegExp(`^lab-${prefix}-healthz-node\\d+\\.log$`).test(f)) logs.add(join(STATE_DIR, f));
+  } catch {
+    /* no dir */
+  }
+  for (const l of logs) rmSync(l, { force: true });
+}
+
 async function labDownUnlocked(prefix: string, progress: Progress): Promise<LabDownResult> {
-  const state = readLabState(prefix);
+  const state = readRawState(prefix);
   const killed: number[] = [];
   let names: string[] = [];
   if (state) {
+    // The controller first (it rewrites routes), then the rest.
+    const daemons = labDaemons(state).sort((a, b) => Number(b.name === 'lb-controller') - Number(a.name === 'lb-controller'));
+    for (const d of daemons) if (await killServer(d.server)) killed.push(d.server.pid);
     for (const pod of state.pods) {
       if (pod.server && (await killServer(pod.server))) killed.push(pod.server.pid);
     }
     names = [...new Set([...state.namespaces, ...labNamespaceNames(state)])];
   }
   // Also namespaces of this prefix left by a crashed run; processes in them are
-  // killed only when they are lab scripts (echo server / lab client).
+  // killed only when they are lab scripts (echo server, lab client, the daemons).
   for (const ns of strayNamespaces(prefix)) if (!names.includes(ns)) names.push(ns);
   for (const ns of names.filter(netnsExists)) {
     const pids = await run('ip', ['netns', 'pids', ns], { allowFail: true });
     for (const pid of pids.stdout.split(/\s+/).filter(Boolean).map(Number)) {
       const cl = procCmdline(pid) ?? '';
-      if ((cl.includes('/lab/echo-server.js') || cl.includes('/lab/lab-client.js')) && !killed.includes(pid)) {
-        if (await killServer({ pid, command: [], cmdlineMatch: cl, kind: 'echo' })) killed.push(pid);
+      if (LAB_SCRIPTS.some((sc) => cl.includes(`/lab/${sc}.js`)) && !killed.includes(pid)) {
+        if (await killServer({ pid, command: [], cmdlineMatch: cl, kind: 'custom' })) killed.push(pid);
       }
     }
   }
   progress(`removing ${names.filter(netnsExists).length} namespaces of lab "${prefix}"`);
   const removed = await deleteNamespaces(names);
-  rmSync(statePath(prefix), { force: true });
+  removeLabFiles(prefix, state);
   return { prefix, removedNamespaces: removed, killedPids: killed };
 }
 
@@ -468,12 +742,23 @@ export async function labDown(opts: { prefix?: string; progress?: Progress } = {
 
 // ---------------------------------------------------------------- changes
 
+/**
+ * After a change: recompute endpoints, reprogram kube-proxy on every node, write the state
+ * (atomically), make sure the daemons run and SIGHUP them (health servers, LB controller,
+ * proxy), and wait until the health servers listen on the Local services' ports.
+ */
 async function resync(state: LabState): Promise<void> {
   refreshDerived(state);
   await Promise.all(state.nodes.map((n) => applyKubeProxy(state, n, { ensureJumps: false })));
-  const lines = lbRouteLines(state);
-  if (lines.length) await ipBatch(state.lb.netns, lines);
+  if (!serverRunning(state.lb.controller)) {
+    // No controller (yet): point the VIPs at the converged targets directly.
+    const lines = lbRouteLines(state);
+    if (lines.length) await ipBatch(state.lb.netns, lines);
+  }
   writeLabState(state);
+  if (await ensureDaemons(state)) writeLabState(state);
+  signalDaemons(state);
+  await waitHealthPorts(state);
 }
 
 function findService(state: LabState, name: string): LabService {
@@ -483,21 +768,238 @@ function findService(state: LabState, name: string): LabService {
   return svc;
 }
 
+export interface LabPatchOptions {
+  prefix?: string;
+  /**
+   * Wait until the load balancer's health checks have converged on the new policy
+   * (labWaitLb) before returning. Default true, so that a request sent right after
+   * labPatch() sees the converged LB. false shows the tutorial's in-between moment:
+   * after a patch to Local the LB keeps sending to every node (those without an endpoint
+   * drop) until their health checks fail.
+   */
+  waitForLb?: boolean;
+  /** Bound of that wait (default: see labWaitLb). */
+  lbTimeoutMs?: number;
+}
+
 /** `kubectl patch svc <service> -p '{"spec":{"externalTrafficPolicy":"<policy>"}}'`:
- * reprograms kube-proxy on every node and the load balancer's targets. */
-export async function labPatch(service: string, externalTrafficPolicy: TrafficPolicy, opts: { prefix?: string } = {}): Promise<LabService> {
+ * reprograms kube-proxy on every node (and its health check node ports); the load
+ * balancer follows through its health checks. */
+export async function labPatch(service: string, externalTrafficPolicy: TrafficPolicy, opts: LabPatchOptions = {}): Promise<LabService> {
   if (externalTrafficPolicy !== 'Local' && externalTrafficPolicy !== 'Cluster') {
     throw new UsageError(`externalTrafficPolicy must be Local or Cluster, not "${String(externalTrafficPolicy)}"`);
   }
   const prefix = opts.prefix ?? DEFAULT_PREFIX;
-  return withLock(prefix, async () => {
-    const state = requireLabState(prefix);
+  const svc = await withLock(prefix, async () => {
+    const state = requireRawState(prefix);
     const svc = findService(state, service);
     if (svc.type === 'ClusterIP') throw new UsageError(`service "${service}" is a ClusterIP service: externalTrafficPolicy applies to NodePort and LoadBalancer services`);
     svc.externalTrafficPolicy = externalTrafficPolicy;
     await resync(state);
     return svc;
   });
+  if (svc.type === 'LoadBalancer') await settleLb(prefix, opts.waitForLb ?? true, opts.lbTimeoutMs);
+  return svc;
+}
+
+/** After a change: wait for the LB to converge, or at least for its controller to have seen the
+ * change (immediate effects: a Cluster service's targets, a Local service's health checks start). */
+async function settleLb(prefix: string, converge: boolean, timeoutMs?: number): Promise<void> {
+  if (converge) {
+    await labWaitLb({ prefix, ...(timeoutMs ? { timeoutMs } : {}) });
+    return;
+  }
+  const state = readRawState(prefix);
+  if (state) await waitLbApplied(state, 3000).catch(() => null);
+}
+
+function findPod(state: LabState, name: string): LabPod {
+  const pod = state.pods.find((p) => p.name === name || p.netns === name);
+  if (!pod) throw new UsageError(`no pod "${name}" in lab "${state.prefix}" (pods: ${state.pods.map((p) => p.name).join(', ')})`);
+  return pod;
+}
+
+export interface LabTerminateOptions {
+  prefix?: string;
+  /** Wait until the LB's health checks reflect the change (default true; see LabPatchOptions.waitForLb). */
+  waitForLb?: boolean;
+  lbTimeoutMs?: number;
+}
+
+async function setTerminating(pod: string, terminating: boolean, opts: LabTerminateOptions): Promise<LabPod> {
+  const prefix = opts.prefix ?? DEFAULT_PREFIX;
+  const res = await withLock(prefix, async () => {
+    const state = requireRawState(prefix);
+    const p = findPod(state, pod);
+    if (terminating) p.terminating = true;
+    else delete p.terminating;
+    await resync(state);
+    return { pod: p, hasLb: state.services.some((s) => s.type === 'LoadBalancer') };
+  });
+  if (res.hasLb) await settleLb(prefix, opts.waitForLb ?? true, opts.lbTimeoutMs);
+  return res.pod;
+}
+
+/**
+ * `kubectl delete pod <pod>` during its grace period: the pod's endpoints become
+ * ready=false, serving=true, terminating=true while its server keeps running. kube-proxy
+ * then only uses them when no ready endpoint is left (cluster-wide for Cluster policy, on
+ * the node for Local), and the health check stops counting them. Undo with labRestore.
+ */
+export function labTerminate(pod: string, opts: LabTerminateOptions = {}): Promise<LabPod> {
+  return setTerminating(pod, true, opts);
+}
+
+/** Undo labTerminate: the pod's endpoints are ready again. */
+export function labRestore(pod: string, opts: LabTerminateOptions = {}): Promise<LabPod> {
+  return setTerminating(pod, false, opts);
+}
+
+export interface LabLbModeOptions {
+  prefix?: string;
+  /** Proxy mode: the header to write; default: the current one when already in proxy mode, else "none". */
+  proxyProtocol?: ProxyProtocolMode;
+  /** Bound of the wait for the controller to apply the switch (default 10 s). */
+  timeoutMs?: number;
+}
+
+/**
+ * Switch the running lab's load balancer between packet forwarding and a TCP proxy (with a
+ * PROXY protocol header or not). Returns once the VIPs are delivered the new way: in proxy
+ * mode the proxy listens and the VIPs are local to the LB; in forward mode the VIP routes
+ * point at the health-checked nodes and the proxy is stopped.
+ */
+export async function labSetLbMode(mode: LbMode, opts: LabLbModeOptions = {}): Promise<LabState['lb']> {
+  const prefix = opts.prefix ?? DEFAULT_PREFIX;
+  const timeoutMs = opts.timeoutMs ?? 10_000;
+  return withLock(prefix, async () => {
+    const state = requireRawState(prefix);
+    const pp = mode === 'proxy' ? (opts.proxyProtocol ?? (state.lb.mode === 'proxy' ? state.lb.proxyProtocol : 'none')) : (opts.proxyProtocol ?? 'none');
+    checkLbOptions(mode, pp, state.lb.healthCheck);
+    state.lb.mode = mode;
+    state.lb.proxyProtocol = pp;
+    if (mode === 'proxy') {
+      // The proxy first (it listens on the wildcard address), then the VIPs become local.
+      writeLabState(state);
+      if (await ensureDaemons(state)) writeLabState(state);
+      signalDaemons(state);
+      await waitLbApplied(state, timeoutMs);
+    } else {
+      // Routes back first, then the proxy goes.
+      writeLabState(state);
+      if (!serverRunning(state.lb.controller)) await ipBatch(state.lb.netns, lbNetworkLines(state, state.lb.targets, 'forward', true), { allowFail: true });
+      signalDaemons(state);
+      await waitLbApplied(state, timeoutMs);
+      if (await ensureDaemons(state)) writeLabState(state);
+    }
+    return state.lb;
+  });
+}
+
+/** Wait until the LB controller has applied the state file as it is now (mode, routes). */
+async function waitLbApplied(state: LabState, timeoutMs: number): Promise<LabLbHealth | null> {
+  if (!serverRunning(state.lb.controller)) return null;
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const mtime = stateMtimeMs(state.prefix);
+    const h = readLbHealth(state.prefix);
+    if (h && h.stateCreatedAt === state.createdAt && h.appliedStateMtimeMs >= mtime && h.mode === state.lb.mode) return h;
+    if (Date.now() > deadline) {
+      throw new NatlensError(`the load balancer controller did not apply the change within ${timeoutMs}ms (log: ${daemonLogPath(state.prefix, 'lb-controller')})`);
+    }
+    await sleep(25);
+  }
+}
+
+export interface LabWaitLbOptions {
+  prefix?: string;
+  /** Only this LoadBalancer service ("loadbalancer" or "default/loadbalancer"); default all. */
+  service?: string;
+  /** Default: 4 health-check intervals plus the thresholds' worth, at least 10 s. */
+  timeoutMs?: number;
+}
+
+/**
+ * Wait until the load balancer has converged: its controller has seen the current state and
+ * its health-checked targets are what the checks lead to (lbTargetNodes: for Local services
+ * the nodes with a local ready endpoint, all nodes if none; for Cluster services all nodes).
+ * Returns the targets per service ("namespace/name").
+ */
+export async function labWaitLb(opts: LabWaitLbOptions = {}): Promise<Record<string, string[]>> {
+  const prefix = opts.prefix ?? DEFAULT_PREFIX;
+  const first = requireRawState(prefix);
+  const hc = first.lb.healthCheck ?? DEFAULT_LB_HEALTH_CHECK;
+  const timeoutMs = opts.timeoutMs ?? Math.max(10_000, (hc.unhealthyThreshold + hc.healthyThreshold + 4) * (hc.intervalMs + hc.timeoutMs));
+  const only = opts.service ? findService(first, opts.service) : undefined;
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  for (;;) {
+    const state = requireRawState(prefix);
+    const mtime = stateMtimeMs(prefix);
+    const h = readLbHealth(prefix);
+    const want: Record<string, string[]> = {};
+    // For health-checked services also each node's verdict (a fail-open LB sends to all
+    // nodes before and after they fail: the targets alone do not show convergence).
+    const wantHealthy: Record<string, Record<string, boolean>> = {};
+    for (const svc of state.services) {
+      if (svc.type !== 'LoadBalancer') continue;
+      if (only && (svc.name !== only.name || svc.namespace !== only.namespace)) continue;
+      const key = `${svc.namespace}/${svc.name}`;
+      want[key] = lbTargetNodes(state, svc);
+      if (hasHealthCheck(svc)) {
+        wantHealthy[key] = Object.fromEntries(
+          state.nodes.map((n) => [n.name, svc.endpoints.some((e) => e.node === n.name && e.ready)]),
+        );
+      }
+    }
+    if (!serverRunning(state.lb.controller)) return want; // no controller: resync set the routes directly
+    const have: Record<string, string[]> = {};
+    const haveHealthy: Record<string, Record<string, boolean>> = {};
+    if (h && h.stateCreatedAt === state.createdAt) {
+      for (const k of Object.keys(want)) have[k] = h.services[k]?.targets ?? [];
+      for (const k of Object.keys(wantHealthy)) {
+        haveHealthy[k] = Object.fromEntries(state.nodes.map((n) => [n.name, h.services[k]?.nodes[n.name]?.healthy ?? !wantHealthy[k]?.[n.name]]));
+      }
+    }
+    const applied = !!h && h.stateCreatedAt === state.createdAt && h.appliedStateMtimeMs >= mtime;
+    if (applied && JSON.stringify(have) === JSON.stringify(want) && JSON.stringify(haveHealthy) === JSON.stringify(wantHealthy)) return have;
+    last =
+      `targets ${JSON.stringify(have)}, expected ${JSON.stringify(want)}` +
+      (Object.keys(wantHealthy).length ? `; healthy ${JSON.stringify(haveHealthy)}, expected ${JSON.stringify(wantHealthy)}` : '') +
+      (applied ? '' : ' (controller has not seen the latest state yet)');
+    if (Date.now() > deadline) {
+      throw new NatlensError(`the load balancer did not converge within ${timeoutMs}ms: ${last} (log: ${daemonLogPath(prefix, 'lb-controller')})`);
+    }
+    await sleep(50);
+  }
+}
+
+export interface LabHealthzResult extends ProbeResult {
+  node: string;
+  service: string;
+  url: string;
+}
+
+/** `curl localhost:<healthCheckNodePort>/healthz` on a node, like the tutorial: kube-proxy's
+ * answer for a LoadBalancer service (connection refused unless the service is Local). */
+export async function labHealthz(node: string, service: string, opts: { prefix?: string; timeoutMs?: number } = {}): Promise<LabHealthzResult> {
+  const state = requireLabState(opts.prefix ?? DEFAULT_PREFIX);
+  const n = nodeByName(state, node);
+  const svc = findService(state, service);
+  if (svc.type !== 'LoadBalancer' || !svc.healthCheckNodePort) throw new UsageError(`service "${service}" has no healthCheckNodePort (it is a ${svc.type} service)`);
+  const url = `http://127.0.0.1:${svc.healthCheckNodePort}/healthz`;
+  const timeoutMs = opts.timeoutMs ?? 2000;
+  const res = await nsRun(n.netns, process.execPath, [labScriptPath('kube-proxy-healthz'), 'probe', '--url', url, '--timeout', String(timeoutMs)], {
+    timeoutMs: timeoutMs + 5000,
+    allowFail: true,
+  });
+  let probe: ProbeResult;
+  try {
+    probe = JSON.parse(res.stdout.trim().split('\n').pop() ?? '') as ProbeResult;
+  } catch {
+    probe = { ok: false, status: null, statusText: null, headers: {}, body: null, error: `probe failed (exit ${res.code}): ${res.stderr.trim()}` };
+  }
+  return { node: n.name, service: `${svc.namespace}/${svc.name}`, url, ...probe };
 }
 
 export interface LabPodSpec {
@@ -517,7 +1019,7 @@ export async function labAddPods(pods: LabPodSpec[], opts: { prefix?: string; pr
   const prefix = opts.prefix ?? DEFAULT_PREFIX;
   const progress = opts.progress ?? quiet;
   return withLock(prefix, async () => {
-    const state = requireLabState(prefix);
+    const state = requireRawState(prefix);
     const added: LabPod[] = [];
     try {
       for (const spec of pods) {
@@ -578,7 +1080,7 @@ export interface LabServiceSpec {
 export async function labAddService(spec: LabServiceSpec, opts: { prefix?: string } = {}): Promise<LabService> {
   const prefix = opts.prefix ?? DEFAULT_PREFIX;
   return withLock(prefix, async () => {
-    const state = requireLabState(prefix);
+    const state = requireRawState(prefix);
     if (state.services.some((s) => s.name === spec.name && s.namespace === 'default')) throw new UsageError(`service "${spec.name}" already exists`);
     const external = spec.type !== 'ClusterIP';
     const np = external ? (spec.nodePort ?? allocateNodePort(state)) : undefined;
@@ -703,6 +1205,9 @@ export async function labCurl(from: string, target: string, opts: LabCurlOptions
       remote: { ip: t.host, port: t.port },
       ok: false,
       client_address: null,
+      proxy_protocol: null,
+      proxy_client_address: null,
+      proxy_client_port: null,
       response: null,
       error: `lab client failed (exit ${res.code}): ${res.stderr.trim() || res.stdout.trim()}`,
     };
@@ -718,11 +1223,15 @@ export interface LabStatus {
   state: LabState | null;
   missingNamespaces: string[];
   servers: Array<{ pod: string; pid: number; running: boolean }>;
+  /** kube-proxy health servers, LB controller, LB proxy. */
+  daemons: Array<{ name: string; netns: string; pid: number; running: boolean; log: string }>;
+  /** The load balancer: mode, live targets and health per LoadBalancer service. */
+  lb: { mode: LbMode; proxyProtocol: ProxyProtocolMode; targets: Record<string, string[]>; health: LabLbHealth | null } | null;
 }
 
 export function labStatus(prefix: string = DEFAULT_PREFIX): LabStatus {
   const state = readLabState(prefix);
-  if (!state) return { prefix, up: false, state: null, missingNamespaces: [], servers: [] };
+  if (!state) return { prefix, up: false, state: null, missingNamespaces: [], servers: [], daemons: [], lb: null };
   const missing = labNamespaceNames(state).filter((n) => !netnsExists(n));
   const servers = state.pods
     .filter((p) => p.server)
@@ -730,7 +1239,23 @@ export function labStatus(prefix: string = DEFAULT_PREFIX): LabStatus {
       const s = p.server as LabServer;
       return { pod: p.name, pid: s.pid, running: (procCmdline(s.pid) ?? '').includes(s.cmdlineMatch) };
     });
-  return { prefix, up: missing.length === 0 && servers.every((s) => s.running), state, missingNamespaces: missing, servers };
+  const daemons = labDaemons(state).map((d) => ({
+    name: d.name,
+    netns: d.netns,
+    pid: d.server.pid,
+    running: serverRunning(d.server),
+    log: daemonLogPath(prefix, d.name),
+  }));
+  const lb = { mode: state.lb.mode, proxyProtocol: state.lb.proxyProtocol, targets: state.lb.targets, health: state.lb.health ?? null };
+  return {
+    prefix,
+    up: missing.length === 0 && servers.every((s) => s.running) && daemons.every((d) => d.running),
+    state,
+    missingNamespaces: missing,
+    servers,
+    daemons,
+    lb,
+  };
 }
 
 /** Prefixes of the labs with a state file. */

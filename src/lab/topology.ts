@@ -4,14 +4,18 @@
 
 import { createHash } from 'node:crypto';
 import type { IPFamily, ProxyNode, ProxyServicePort } from './kube-proxy-model.js';
+import { localReadyEndpointCount } from './kube-proxy-model.js';
 import type {
   LabEndpoint,
+  LabLbHealthCheckConfig,
   LabNode,
   LabPod,
   LabService,
   LabServicePort,
   LabState,
+  LbMode,
   ProxyMode,
+  ProxyProtocolMode,
   ServiceType,
   TrafficPolicy,
 } from './types.js';
@@ -32,6 +36,40 @@ export const POD_GW = ['169.254.1.1', 'fe80::1'];
 
 export function statePath(prefix: string): string {
   return `${STATE_DIR}/lab-${prefix}.json`;
+}
+
+/** The LB controller's own file (live targets and health), next to the state file. */
+export function lbHealthPath(prefix: string): string {
+  return `${STATE_DIR}/lab-${prefix}-lb.json`;
+}
+
+/** Where a lab daemon ("healthz-node1", "lb-controller", "lb-proxy") logs. */
+export function daemonLogPath(prefix: string, daemon: string): string {
+  return `${STATE_DIR}/lab-${prefix}-${daemon}.log`;
+}
+
+/** Like a cloud LB's defaults, but faster (GCE: every 8 s, 3 failures; here 1 s, 2 failures). */
+export const DEFAULT_LB_HEALTH_CHECK: LabLbHealthCheckConfig = {
+  intervalMs: 1000,
+  timeoutMs: 800,
+  unhealthyThreshold: 2,
+  healthyThreshold: 1,
+};
+
+/** Fill in what state files written by older versions lack (in place). */
+export function normalizeLabState(state: LabState): LabState {
+  const lb = state.lb as LabState['lb'] & { mode?: LbMode; proxyProtocol?: ProxyProtocolMode };
+  if (lb.mode !== 'forward' && lb.mode !== 'proxy') lb.mode = 'forward';
+  if (lb.proxyProtocol !== 'v1' && lb.proxyProtocol !== 'v2' && lb.proxyProtocol !== 'none') lb.proxyProtocol = 'none';
+  lb.targets ??= {};
+  for (const svc of state.services) {
+    for (const e of svc.endpoints ?? []) {
+      const ep = e as LabEndpoint & { serving?: boolean; terminating?: boolean };
+      ep.serving ??= ep.ready;
+      ep.terminating ??= false;
+    }
+  }
+  return state;
 }
 
 export function validatePrefix(prefix: string): void {
@@ -154,6 +192,8 @@ export function defaultLabState(prefix: string, proxyMode: ProxyMode): LabState 
       netnsPath: `${NETNS_DIR}/${nsName(prefix, 'lb')}`,
       ips: [...LB_IPS],
       targets: {},
+      mode: 'forward',
+      proxyProtocol: 'none',
     },
     nodes,
     pods,
@@ -169,26 +209,42 @@ export function selectorMatches(selector: Record<string, string>, labels: Record
   return keys.length > 0 && keys.every((k) => labels[k] === selector[k]);
 }
 
-/** What the EndpointSlice controller would compute for a service. */
+/** What the EndpointSlice controller would compute for a service: every pod matching the
+ * selector; a terminating pod (still passing its readiness probe) is ready=false,
+ * serving=true, terminating=true. */
 export function computeEndpoints(state: LabState, svc: LabService): LabEndpoint[] {
   return state.pods
     .filter((p) => p.namespace === svc.namespace && selectorMatches(svc.selector, p.labels))
-    .map((p) => ({ pod: p.name, node: p.node, ips: [...p.ips], ready: true }));
+    .map((p) => ({ pod: p.name, node: p.node, ips: [...p.ips], ready: !p.terminating, serving: true, terminating: !!p.terminating }));
+}
+
+/** localEndpoints of kube-proxy's health check for a service on a node: its ready endpoints there. */
+export function localEndpointCount(svc: LabService, nodeName: string): number {
+  return localReadyEndpointCount(
+    svc.endpoints.map((e) => ({ ip: e.ips[0] ?? e.pod, port: 0, nodeName: e.node, ready: e.ready })),
+    nodeName,
+  );
+}
+
+/** Whether kube-proxy serves a health check for the service (LoadBalancer, Local, with a healthCheckNodePort). */
+export function hasHealthCheck(svc: LabService): svc is LabService & { healthCheckNodePort: number } {
+  return svc.type === 'LoadBalancer' && svc.externalTrafficPolicy === 'Local' && !!svc.healthCheckNodePort;
 }
 
 /**
- * The nodes a packet-forwarding cloud load balancer sends a LoadBalancer service's
- * traffic to. Under Cluster every node is eligible. Under Local the cloud
- * controller's health checks against spec.healthCheckNodePort (/healthz, served
- * by kube-proxy on each node) fail on nodes without a local endpoint, so the LB
- * stops sending them traffic; the lab computes that outcome directly (real
- * health checks come later).
+ * The nodes a cloud load balancer ends up sending a LoadBalancer service's traffic to once
+ * its health checks have converged. Under Cluster every node is eligible (not checked).
+ * Under Local the checks against spec.healthCheckNodePort (/healthz, served by kube-proxy on
+ * each node) fail (503) on nodes without a local ready endpoint, so the LB takes them out;
+ * when every node fails, the LB fails open and sends to all of them. The LB controller
+ * (lb-controller.ts) reaches this by actually checking; this is what it converges to.
  */
 export function lbTargetNodes(state: LabState, svc: LabService): string[] {
   if (svc.type !== 'LoadBalancer' || svc.loadBalancerIPs.length === 0) return [];
-  if (svc.externalTrafficPolicy === 'Cluster') return state.nodes.map((n) => n.name);
-  const withEndpoints = new Set(svc.endpoints.filter((e) => e.ready).map((e) => e.node));
-  return state.nodes.filter((n) => withEndpoints.has(n.name)).map((n) => n.name);
+  const all = state.nodes.map((n) => n.name);
+  if (!hasHealthCheck(svc)) return all;
+  const healthy = all.filter((n) => localEndpointCount(svc, n) > 0);
+  return healthy.length ? healthy : all;
 }
 
 /** Recompute endpoints and LB targets after a change. */
@@ -198,6 +254,36 @@ export function refreshDerived(state: LabState): void {
   for (const svc of state.services) {
     if (svc.type === 'LoadBalancer') state.lb.targets[`${svc.namespace}/${svc.name}`] = lbTargetNodes(state, svc);
   }
+}
+
+/**
+ * `ip -batch` lines (run in the LB namespace) that deliver each LoadBalancer VIP:
+ * - forward mode: a route per VIP with one `nexthop` per target node's InternalIP (ECMP,
+ *   L4-hashed), or a blackhole without targets;
+ * - proxy mode: the VIPs are local addresses on lo, where the TCP proxy accepts them.
+ * `switching` adds the lines undoing the other mode (VIPs off lo / VIP routes deleted);
+ * those fail harmlessly when there is nothing to undo, so run them with `ip -force`.
+ */
+export function lbNetworkLines(state: LabState, targets: Record<string, string[]>, mode: LbMode, switching = false): string[] {
+  const lines: string[] = [];
+  for (const svc of state.services) {
+    if (svc.type !== 'LoadBalancer') continue;
+    const nodes = (targets[`${svc.namespace}/${svc.name}`] ?? []).flatMap((n) => state.nodes.filter((x) => x.name === n));
+    for (const vip of svc.loadBalancerIPs) {
+      const fam = familyOf(vip);
+      const dst = `${vip}/${fam === 6 ? 128 : 32}`;
+      if (mode === 'proxy') {
+        lines.push(`addr replace ${dst} dev lo${fam === 6 ? ' nodad' : ''}`);
+        if (switching) lines.push(`route del ${dst}`);
+        continue;
+      }
+      if (switching) lines.push(`addr del ${dst} dev lo`);
+      const hops = nodes.map((n) => byFamily(n.internalIPs, fam)).filter((x): x is string => !!x);
+      if (hops.length === 0) lines.push(`route replace blackhole ${dst}`);
+      else lines.push(`route replace ${dst} ${hops.map((h) => `nexthop via ${h} dev eth0`).join(' ')}`);
+    }
+  }
+  return lines;
 }
 
 /** The ProxyNode for a node and family. */
@@ -225,7 +311,9 @@ export function proxyServicePorts(state: LabState, family: IPFamily): ProxyServi
         externalTrafficPolicy: svc.externalTrafficPolicy,
         endpoints: svc.endpoints.flatMap((e) => {
           const ip = byFamily(e.ips, family);
-          return ip ? [{ ip, port: p.targetPort, nodeName: e.node, ready: e.ready }] : [];
+          return ip
+            ? [{ ip, port: p.targetPort, nodeName: e.node, ready: e.ready, serving: e.serving ?? e.ready, terminating: e.terminating ?? false }]
+            : [];
         }),
       };
       if (svc.type !== 'ClusterIP' && p.nodePort) sp.nodePort = p.nodePort;

@@ -21,6 +21,8 @@ export interface LabNode {
   internalIPs: string[];
   /** spec.podCIDRs, IPv4 first then IPv6. */
   podCIDRs: string[];
+  /** kube-proxy's service health server (healthCheckNodePort /healthz) on this node. */
+  healthServer?: LabServer;
 }
 
 export interface LabServer {
@@ -30,8 +32,10 @@ export interface LabServer {
   command: string[];
   /** A substring of /proc/<pid>/cmdline identifying the process, checked before killing. */
   cmdlineMatch: string;
-  /** "echo" for the built-in echo server, "custom" otherwise. */
-  kind: 'echo' | 'custom';
+  /** "echo" for the built-in echo server, "custom" for a caller's command, or one of the
+   * lab's daemons: kube-proxy's health server on a node, the load balancer's health-checking
+   * controller, the load balancer's TCP proxy. */
+  kind: 'echo' | 'custom' | 'healthz' | 'lb-controller' | 'lb-proxy';
 }
 
 export interface LabPod {
@@ -49,6 +53,9 @@ export interface LabPod {
   /** Pod-side interface ("eth0"). */
   interface: string;
   server?: LabServer;
+  /** Deleted but in its grace period (`natlens lab terminate`): its endpoints are
+   * ready=false, serving=true, terminating=true and its server keeps running. */
+  terminating?: boolean;
 }
 
 export interface LabServicePort {
@@ -64,7 +71,12 @@ export interface LabEndpoint {
   node: string;
   /** Pod IPs, IPv4 first then IPv6. */
   ips: string[];
+  /** EndpointSlice conditions. A running pod: ready, serving, not terminating. A terminating
+   * pod that still passes its readiness probe: not ready, serving, terminating. (State files
+   * written before these existed lack serving/terminating: read them as serving=ready, terminating=false.) */
   ready: boolean;
+  serving: boolean;
+  terminating: boolean;
 }
 
 export interface LabService {
@@ -81,7 +93,7 @@ export interface LabService {
   /** spec.healthCheckNodePort, recorded for LoadBalancer services; in Kubernetes it
    * is only meaningful (and only programmed by kube-proxy) under Local policy. */
   healthCheckNodePort?: number;
-  /** Endpoints (EndpointSlices flattened): the ready pods matching the selector. */
+  /** Endpoints (EndpointSlices flattened): the pods matching the selector, with their conditions. */
   endpoints: LabEndpoint[];
 }
 
@@ -103,12 +115,85 @@ export interface LabRouter {
   clientLinkIPs: string[];
 }
 
+export type LbMode = 'forward' | 'proxy';
+export type ProxyProtocolMode = 'none' | 'v1' | 'v2';
+
+/** The load balancer's health checks (like a cloud LB's HTTP health check on healthCheckNodePort). */
+export interface LabLbHealthCheckConfig {
+  /** Check every node this often (ms). */
+  intervalMs: number;
+  /** Per-check timeout (ms). */
+  timeoutMs: number;
+  /** Consecutive failures before a node is taken out. */
+  unhealthyThreshold: number;
+  /** Consecutive successes before a node is put back. */
+  healthyThreshold: number;
+}
+
+/** One node as the load balancer's health checks see it for one service. */
+export interface LabLbNodeHealth {
+  healthy: boolean;
+  consecutiveSuccesses: number;
+  consecutiveFailures: number;
+  /** HTTP status of the last check, null when it got none (refused, timeout). */
+  lastStatus: number | null;
+  /** localEndpoints from the last /healthz body. */
+  lastLocalEndpoints: number | null;
+  lastError: string | null;
+  lastCheckedAt: string | null;
+}
+
+export interface LabLbServiceHealth {
+  externalTrafficPolicy: TrafficPolicy;
+  /** Only for Local services: the port the nodes are checked on. */
+  healthCheckNodePort?: number;
+  /** The nodes the LB sends this service's traffic to. */
+  targets: string[];
+  /** Every node failed its check, so the LB sends to all of them (cloud LBs "fail open"). */
+  failOpen: boolean;
+  /** Per node (only for Local services: Cluster services send to every node unchecked). */
+  nodes: Record<string, LabLbNodeHealth>;
+}
+
+/** /run/natlens/lab-<prefix>-lb.json: owned and written (atomically) by the LB controller. */
+export interface LabLbHealth {
+  version: 1;
+  prefix: string;
+  /** createdAt of the lab state the controller belongs to. */
+  stateCreatedAt: string;
+  /** mtime (ms) of the lab state file the controller has applied (routes, addresses, targets). */
+  appliedStateMtimeMs: number;
+  mode: LbMode;
+  proxyProtocol: ProxyProtocolMode;
+  updatedAt: string;
+  healthCheck: LabLbHealthCheckConfig;
+  /** Keyed "namespace/name", LoadBalancer services only. */
+  services: Record<string, LabLbServiceHealth>;
+}
+
 export interface LabLoadBalancer {
   netns: string;
   netnsPath: string;
   ips: string[];
-  /** Per LoadBalancer service: the nodes the LB forwards to (ECMP next hops). */
+  /** Per LoadBalancer service: the nodes the LB forwards to (ECMP next hops, or the proxy's
+   * backends). readLabState() returns the live, health-checked targets (from the controller's
+   * lab-<prefix>-lb.json); the state file itself holds the targets the health checks converge to. */
   targets: Record<string, string[]>;
+  /** "forward": a packet-forwarding LB (ECMP routes to the nodes; the node sees the client IP).
+   * "proxy": a TCP proxy terminating the client's connection and opening its own to a node's
+   * nodePort (the node sees the LB's IP), optionally with a PROXY protocol header.
+   * Old state files lack it: read as "forward". */
+  mode: LbMode;
+  /** Proxy mode only: the PROXY protocol header the proxy writes ("none" in forward mode).
+   * Old state files lack it: read as "none". */
+  proxyProtocol: ProxyProtocolMode;
+  healthCheck?: LabLbHealthCheckConfig;
+  /** The health-checking controller (rewrites the VIP routes to the healthy nodes). */
+  controller?: LabServer;
+  /** The TCP proxy (proxy mode only). */
+  proxy?: LabServer;
+  /** Live health-check state, merged in by readLabState() (not stored in the state file). */
+  health?: LabLbHealth;
 }
 
 export interface LabState {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { base32Std, type ProxyNode, type ProxyServicePort } from '../../src/lab/kube-proxy-model.js';
+import { base32Std, categorizeEndpoints, localReadyEndpointCount, type ProxyNode, type ProxyServicePort } from '../../src/lab/kube-proxy-model.js';
 import {
   generateIptablesRules,
   portProtoHash,
@@ -15,7 +15,10 @@ import {
   servicePortEndpointChainNameBase,
   chainsFromNftList,
 } from '../../src/lab/kube-proxy-nftables.js';
-import { defaultLabState, lbTargetNodes, proxyServicePorts, refreshDerived } from '../../src/lab/topology.js';
+import { defaultLabState, lbNetworkLines, lbTargetNodes, normalizeLabState, proxyServicePorts, refreshDerived } from '../../src/lab/topology.js';
+import { healthzAnswer, healthzBody } from '../../src/lab/kube-proxy-healthz.js';
+import { nextNodeHealth } from '../../src/lab/lb-controller.js';
+import { echoFields } from '../../src/lab/lab-client.js';
 import { resolveTarget } from '../../src/lab/lab.js';
 
 const node = (name: string, family: 4 | 6 = 4): ProxyNode => ({
@@ -301,5 +304,182 @@ describe('lab topology model', () => {
     expect(resolveTarget(st, '10.240.0.5:30080')).toMatchObject({ host: '10.240.0.5', port: 30080, family: 4 });
     expect(() => resolveTarget(st, 'clusterip@node1')).toThrow(/no nodePort/);
     expect(() => resolveTarget(st, 'nope')).toThrow(/no service/);
+  });
+});
+
+// ---------------------------------------------------------------- terminating endpoints, health checks
+
+describe('terminating endpoints (ProxyTerminatingEndpoints, pkg/proxy/topology.go)', () => {
+  const ready = (ip: string, nodeName: string) => ({ ip, port: 8080, nodeName });
+  const terminating = (ip: string, nodeName: string) => ({ ip, port: 8080, nodeName, ready: false, serving: true, terminating: true });
+  const notServing = (ip: string, nodeName: string) => ({ ip, port: 8080, nodeName, ready: false, serving: false, terminating: true });
+  const ips = (eps: Array<{ ip: string }>) => eps.map((e) => e.ip).sort();
+
+  it('Cluster: ready endpoints win; serving-terminating ones only when none is ready anywhere', () => {
+    const withReady = categorizeEndpoints(nodePortSvc('Cluster', { endpoints: [terminating('10.180.1.136', 'node1'), ready('10.180.2.10', 'node2')] }), 'node1');
+    expect(ips(withReady.clusterEndpoints)).toEqual(['10.180.2.10']);
+    expect(ips(withReady.allLocallyReachableEndpoints)).toEqual(['10.180.2.10']);
+    expect(withReady.hasEndpoints).toBe(true);
+
+    const onlyTerminating = categorizeEndpoints(nodePortSvc('Cluster', { endpoints: [terminating('10.180.1.136', 'node1'), notServing('10.180.2.10', 'node2')] }), 'node3');
+    expect(ips(onlyTerminating.clusterEndpoints)).toEqual(['10.180.1.136']);
+    expect(onlyTerminating.localEndpoints).toEqual([]);
+    expect(onlyTerminating.hasEndpoints).toBe(true);
+
+    const none = categorizeEndpoints(nodePortSvc('Cluster', { endpoints: [notServing('10.180.1.136', 'node1')] }), 'node1');
+    expect(none.clusterEndpoints).toEqual([]);
+    expect(none.hasEndpoints).toBe(false);
+  });
+
+  it('Local: the fallback is per node; a ready endpoint elsewhere does not stop it', () => {
+    const eps = [terminating('10.180.1.136', 'node1'), ready('10.180.2.10', 'node2')];
+    const on1 = categorizeEndpoints(nodePortSvc('Local', { endpoints: eps }), 'node1');
+    expect(ips(on1.localEndpoints)).toEqual(['10.180.1.136']); // no local ready endpoint: local serving-terminating
+    expect(ips(on1.clusterEndpoints)).toEqual(['10.180.2.10']); // cluster-wide there is a ready one
+    expect(ips(on1.allLocallyReachableEndpoints)).toEqual(['10.180.1.136', '10.180.2.10']);
+    const on2 = categorizeEndpoints(nodePortSvc('Local', { endpoints: eps }), 'node2');
+    expect(ips(on2.localEndpoints)).toEqual(['10.180.2.10']);
+    const on3 = categorizeEndpoints(nodePortSvc('Local', { endpoints: eps }), 'node3');
+    expect(on3.localEndpoints).toEqual([]);
+    expect(on3.hasEndpoints).toBe(true);
+    // A local ready endpoint wins over a local terminating one.
+    const both = categorizeEndpoints(nodePortSvc('Local', { endpoints: [terminating('10.180.1.136', 'node1'), ready('10.180.1.10', 'node1')] }), 'node1');
+    expect(ips(both.localEndpoints)).toEqual(['10.180.1.10']);
+    expect(ips(both.allLocallyReachableEndpoints)).toEqual(['10.180.1.10']);
+  });
+
+  it('iptables: a lone serving-terminating endpoint still gets SVC/SEP rules; next to a ready one it is skipped', () => {
+    const SEP2 = sepChainName(SPN, 'tcp', '10.180.2.10:8080');
+    const alone = generateIptablesRules(node('node2'), [nodePortSvc('Cluster', { endpoints: [terminating('10.180.1.136', 'node1')] })]);
+    expect(alone.natRules).toContain(`-A ${SVC} -m comment --comment "${SPN} -> 10.180.1.136:8080" -j ${SEP}`);
+    expect(alone.natRules).toContain(`-A ${SEP} -m comment --comment ${SPN} -m tcp -p tcp -j DNAT --to-destination 10.180.1.136:8080`);
+    expect(alone.filterRules.some((l) => l.includes('REJECT'))).toBe(false);
+
+    const mixed = generateIptablesRules(node('node2'), [nodePortSvc('Cluster', { endpoints: [terminating('10.180.1.136', 'node1'), ready('10.180.2.10', 'node2')] })]);
+    expect(mixed.natRules).toContain(`-A ${SVC} -m comment --comment "${SPN} -> 10.180.2.10:8080" -j ${SEP2}`);
+    expect(mixed.natRules.some((l) => l.includes('10.180.1.136'))).toBe(false);
+    expect(mixed.natChains).not.toContain(SEP);
+
+    // Local on node1 with only a terminating local endpoint: KUBE-SVL uses it, no DROP.
+    const local = generateIptablesRules(node('node1'), [nodePortSvc('Local', { endpoints: [terminating('10.180.1.136', 'node1'), ready('10.180.2.10', 'node2')] })]);
+    expect(local.natRules).toContain(`-A ${SVL} -m comment --comment "${SPN} -> 10.180.1.136:8080" -j ${SEP}`);
+    expect(local.natRules).toContain(`-A ${SVC} -m comment --comment "${SPN} -> 10.180.2.10:8080" -j ${SEP2}`);
+    expect(local.filterRules.some((l) => l.includes('has no local endpoints'))).toBe(false);
+
+    // Nothing serving: REJECT.
+    const gone = generateIptablesRules(node('node1'), [nodePortSvc('Cluster', { endpoints: [notServing('10.180.1.136', 'node1')] })]);
+    expect(gone.filterRules).toContain(`-A KUBE-SERVICES -m comment --comment "${SPN} has no endpoints" -m tcp -p tcp -d 10.0.42.17 --dport 80 -j REJECT`);
+  });
+
+  it('nftables: the same choices', () => {
+    const sp = { namespace: 'default', name: 'nodeport', portName: 'http' };
+    const base = servicePortChainNameBase(sp, 'tcp');
+    const ep1 = 'endpoint-' + servicePortEndpointChainNameBase(sp, 'tcp', { ip: '10.180.1.136', port: 8080 });
+    const ep2 = 'endpoint-' + servicePortEndpointChainNameBase(sp, 'tcp', { ip: '10.180.2.10', port: 8080 });
+    const alone = generateNftablesRules(node('node2'), [nodePortSvc('Cluster', { endpoints: [terminating('10.180.1.136', 'node1')] })]).script;
+    expect(alone).toContain(`add rule ip kube-proxy service-${base} numgen random mod 1 vmap { 0 : goto ${ep1} }`);
+    const mixed = generateNftablesRules(node('node2'), [nodePortSvc('Cluster', { endpoints: [terminating('10.180.1.136', 'node1'), ready('10.180.2.10', 'node2')] })]).script;
+    expect(mixed).toContain(`add rule ip kube-proxy service-${base} numgen random mod 1 vmap { 0 : goto ${ep2} }`);
+    expect(mixed).not.toContain(ep1);
+    const local = generateNftablesRules(node('node1'), [nodePortSvc('Local', { endpoints: [terminating('10.180.1.136', 'node1'), ready('10.180.2.10', 'node2')] })]).script;
+    expect(local).toContain(`add rule ip kube-proxy local-${base} numgen random mod 1 vmap { 0 : goto ${ep1} }`);
+    expect(local).not.toContain('no-endpoint-nodeports { tcp . 30080');
+  });
+
+  it('the health check counts local ready endpoints only (LocalReadyEndpoints), distinct IPs', () => {
+    expect(localReadyEndpointCount([ready('10.180.1.136', 'node1'), { ...ready('10.180.1.136', 'node1'), port: 8443 }, ready('10.180.2.10', 'node2')], 'node1')).toBe(1);
+    expect(localReadyEndpointCount([terminating('10.180.1.136', 'node1')], 'node1')).toBe(0);
+  });
+
+  it('lab state: terminating pods give ready=false serving=true terminating=true endpoints', () => {
+    const st = defaultLabState('nl', 'iptables');
+    st.pods.find((p) => p.name === 'source-ip-app')!.terminating = true;
+    refreshDerived(st);
+    const lb = st.services.find((s) => s.name === 'loadbalancer')!;
+    expect(lb.endpoints).toEqual([{ pod: 'source-ip-app', node: 'node1', ips: ['10.180.1.136', 'fd00:10:180:1::136'], ready: false, serving: true, terminating: true }]);
+    expect(proxyServicePorts(st, 4).find((s) => s.name === 'clusterip')?.endpoints[0]).toMatchObject({ ready: false, serving: true, terminating: true });
+  });
+});
+
+describe('kube-proxy health check server and the LB', () => {
+  it('answers like kube-proxy: 200/503, JSON body byte for byte, headers', () => {
+    const st = defaultLabState('nl', 'iptables');
+    const lb = st.services.find((s) => s.name === 'loadbalancer')!;
+    const ok = healthzAnswer(lb, 'node1');
+    expect(ok.status).toBe(200);
+    expect(ok.body).toBe('{\n\t"service": {\n\t\t"namespace": "default",\n\t\t"name": "loadbalancer"\n\t},\n\t"localEndpoints": 1,\n\t"serviceProxyHealthy": true\n}');
+    expect(JSON.parse(ok.body)).toEqual({ service: { namespace: 'default', name: 'loadbalancer' }, localEndpoints: 1, serviceProxyHealthy: true });
+    expect(ok.headers).toEqual({ 'Content-Type': 'application/json', 'X-Content-Type-Options': 'nosniff', 'X-Load-Balancing-Endpoint-Weight': '1' });
+    // Same length as a real kube-proxy answer for a 16-character service name (Content-Length: 127).
+    expect(Buffer.byteLength(healthzBody('default', 'wp-nginx-service', 1))).toBe(127);
+    expect(healthzAnswer(lb, 'node2')).toMatchObject({ status: 503, localEndpoints: 0 });
+    st.pods.find((p) => p.name === 'source-ip-app')!.terminating = true;
+    refreshDerived(st);
+    expect(healthzAnswer(lb, 'node1')).toMatchObject({ status: 503, localEndpoints: 0 });
+  });
+
+  it('health-check bookkeeping: out after N failures, back after M successes', () => {
+    const cfg = { intervalMs: 1000, timeoutMs: 800, unhealthyThreshold: 2, healthyThreshold: 1 };
+    const fail = { ok: false, status: 503, localEndpoints: 0, error: 'HTTP 503' };
+    const pass = { ok: true, status: 200, localEndpoints: 1, error: null };
+    let h = { healthy: true, consecutiveSuccesses: 0, consecutiveFailures: 0, lastStatus: null, lastLocalEndpoints: null, lastError: null, lastCheckedAt: null };
+    h = nextNodeHealth(h, fail, cfg, 't1');
+    expect(h).toMatchObject({ healthy: true, consecutiveFailures: 1, lastStatus: 503 });
+    h = nextNodeHealth(h, fail, cfg, 't2');
+    expect(h).toMatchObject({ healthy: false, consecutiveFailures: 2 });
+    h = nextNodeHealth(h, pass, cfg, 't3');
+    expect(h).toMatchObject({ healthy: true, consecutiveSuccesses: 1, consecutiveFailures: 0, lastLocalEndpoints: 1 });
+  });
+
+  it('converged targets: Local nodes with ready endpoints, fail-open to all when none', () => {
+    const st = defaultLabState('nl', 'iptables');
+    const lb = st.services.find((s) => s.name === 'loadbalancer')!;
+    lb.externalTrafficPolicy = 'Local';
+    refreshDerived(st);
+    expect(lbTargetNodes(st, lb)).toEqual(['node1']);
+    st.pods.find((p) => p.name === 'source-ip-app')!.terminating = true;
+    refreshDerived(st);
+    expect(lbTargetNodes(st, lb)).toEqual(['node1', 'node2', 'node3']);
+  });
+
+  it('LB network lines per mode', () => {
+    const st = defaultLabState('nl', 'iptables');
+    const fwd = lbNetworkLines(st, { 'default/loadbalancer': ['node1', 'node3'] }, 'forward');
+    expect(fwd).toEqual([
+      'route replace 203.0.113.140/32 nexthop via 10.240.0.3 dev eth0 nexthop via 10.240.0.5 dev eth0',
+      'route replace 2001:db8:203::140/128 nexthop via fd00:10:240::3 dev eth0 nexthop via fd00:10:240::5 dev eth0',
+    ]);
+    expect(lbNetworkLines(st, {}, 'forward')[0]).toBe('route replace blackhole 203.0.113.140/32');
+    expect(lbNetworkLines(st, {}, 'proxy', true)).toEqual([
+      'addr replace 203.0.113.140/32 dev lo',
+      'route del 203.0.113.140/32',
+      'addr replace 2001:db8:203::140/128 dev lo nodad',
+      'route del 2001:db8:203::140/128',
+    ]);
+    expect(lbNetworkLines(st, { 'default/loadbalancer': ['node2'] }, 'forward', true)[0]).toBe('addr del 203.0.113.140/32 dev lo');
+  });
+
+  it('old state files: forward / none, endpoint conditions from ready', () => {
+    const st = defaultLabState('nl', 'iptables') as unknown as { lb: Record<string, unknown>; services: Array<{ endpoints: Array<Record<string, unknown>> }> };
+    delete st.lb['mode'];
+    delete st.lb['proxyProtocol'];
+    for (const s of st.services) for (const e of s.endpoints) {
+      delete e['serving'];
+      delete e['terminating'];
+    }
+    const n = normalizeLabState(st as unknown as Parameters<typeof normalizeLabState>[0]);
+    expect(n.lb.mode).toBe('forward');
+    expect(n.lb.proxyProtocol).toBe('none');
+    expect(n.services[0]?.endpoints[0]).toMatchObject({ ready: true, serving: true, terminating: false });
+  });
+
+  it('echo answers parse into the PROXY fields', () => {
+    expect(echoFields('CLIENT VALUES:\nclient_address=10.240.0.2\nclient_port=1\nproxy_protocol=v2\nproxy_client_address=198.51.100.79\nproxy_client_port=4242\n')).toEqual({
+      client_address: '10.240.0.2',
+      proxy_protocol: 'v2',
+      proxy_client_address: '198.51.100.79',
+      proxy_client_port: 4242,
+    });
+    expect(echoFields('CLIENT VALUES:\nclient_address=10.240.0.2\n')).toMatchObject({ proxy_protocol: null, proxy_client_address: null, proxy_client_port: null });
   });
 });
