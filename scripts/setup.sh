@@ -11,7 +11,9 @@ declare -A TOOLS=(
   [iptables]=iptables [nft]=nftables [conntrack]=conntrack [pkg-config]=pkg-config
   [make]=make [gcc]=gcc
 )
-LIBS=(libbpf-dev libelf-dev zlib1g-dev)
+LIBS=(libbpf-dev libelf-dev zlib1g-dev
+  # tools/chart-render, which renders deploy/helm/natlens in tests: Go + Sprig, helm's template engine
+  golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v2-dev)
 
 missing=()
 for cmd in "${!TOOLS[@]}"; do

@@ -174,7 +174,8 @@ export async function etpReport(store: ClickHouseStore, q: EtpQuery): Promise<Et
   const since = 'fromUnixTimestamp64Nano({since:Int64})';
   const isFrontend = (ip: string, port: string): string => `has(arrayZip({fe_ip:Array(IPv6)}, {fe_port:Array(UInt16)}), (${ip}, ${port}))`;
   // 1-based index of the last bound at or before t: the history row (or period) in force.
-  const slot = (t: string, b: string): string => `arrayCount(x -> x <= toUnixTimestamp64Nano(${t}), {${b}:Array(Int64)})`;
+  // Bounds travel as strings: the client quotes array elements, which Array(Int64) does not parse.
+  const slot = (t: string, b: string): string => `arrayCount(x -> toInt64(x) <= toUnixTimestamp64Nano(${t}), {${b}:Array(String)})`;
   const conns = store.tableName(connectionsTable);
   const hops = store.tableName(hopsTable);
   const health = store.tableName(healthChecksTable);

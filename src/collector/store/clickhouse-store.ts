@@ -251,7 +251,7 @@ export class ClickHouseStore {
         ${ipText('endpoint')} AS endpoint_text,
         ingress_node, endpoint_node, snat, stitched,
         toString(count()) AS connections,
-        toString(countIf(arrayExists((f, t) -> conn_ns >= f AND conn_ns < t, {term_from:Array(Int64)}, {term_to:Array(Int64)}))) AS while_terminating,
+        toString(countIf(arrayExists((f, t) -> conn_ns >= toInt64(f) AND conn_ns < toInt64(t), {term_from:Array(String)}, {term_to:Array(String)}))) AS while_terminating,
         toString(toUnixTimestamp64Nano(min(first_ts))) AS first_ns,
         toString(toUnixTimestamp64Nano(max(last_ts))) AS last_ns,
         arraySort(groupUniqArray(toString(proto))) AS protocols

@@ -1,0 +1,120 @@
+{{/* The collector's pod template, shared by its Deployment (1 replica) and StatefulSet (peers). */}}
+{{- define "natlens.collectorPodTemplate" -}}
+{{- $c := .Values.collector }}
+{{- $scaled := gt (int $c.replicas) 1 }}
+{{- $embedded := eq .Values.clickhouse.mode "embedded" -}}
+metadata:
+  labels:
+    {{- include "natlens.selectorLabels" (dict "ctx" . "component" "collector") | nindent 4 }}
+  {{- with $c.podAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  serviceAccountName: {{ include "natlens.collectorName" . }}
+  # Stored data is flushed on SIGTERM before the store closes.
+  terminationGracePeriodSeconds: 30
+  {{- with $c.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  {{- with .Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $c.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $c.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $c.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 65532
+    runAsGroup: 65532
+    # The data volume becomes writable for that group.
+    fsGroup: 65532
+    seccompProfile:
+      type: RuntimeDefault
+  containers:
+    - name: collector
+      image: {{ include "natlens.image" (dict "image" $c.image "ctx" .) | quote }}
+      imagePullPolicy: {{ $c.image.pullPolicy }}
+      args: ["collector"]
+      env:
+        - name: NATLENS_LISTEN
+          value: "0.0.0.0:7070"
+        - name: NATLENS_KUBERNETES
+          value: {{ $c.kubernetes | quote }}
+        - name: NATLENS_DATABASE
+          value: {{ $c.database | quote }}
+        - name: NATLENS_TTL_DAYS
+          value: {{ int $c.ttlDays | quote }}
+        {{- if $embedded }}
+        - name: NATLENS_DATA
+          value: /var/lib/natlens
+        {{- else }}
+        - name: NATLENS_CLICKHOUSE_URL
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "natlens.clickhouseSecretName" . }}
+              key: {{ include "natlens.clickhouseSecretKey" . }}
+        {{- end }}
+        {{- if $scaled }}
+        # Peers: every collector owns the pods whose addresses hash to it; hops reach their owner
+        # whichever collector an agent streams to.
+        - name: NATLENS_COLLECTOR_ID
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        - name: NATLENS_PEERS
+          value: {{ include "natlens.collectorPeers" . | quote }}
+        {{- end }}
+        {{- with $c.extraEnv }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      ports:
+        - name: grpc
+          containerPort: 7070
+          protocol: TCP
+      # No HTTP endpoint: the gRPC port accepting connections means the store is open.
+      readinessProbe:
+        tcpSocket:
+          port: grpc
+        periodSeconds: 5
+      livenessProbe:
+        tcpSocket:
+          port: grpc
+        initialDelaySeconds: 30
+        periodSeconds: 20
+      securityContext:
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities:
+          drop: ["ALL"]
+      resources:
+        {{- toYaml $c.resources | nindent 8 }}
+      volumeMounts:
+        {{- if $embedded }}
+        - name: data
+          mountPath: /var/lib/natlens
+        {{- end }}
+        - name: tmp
+          mountPath: /tmp
+  volumes:
+    {{- if and $embedded (not $c.persistence.enabled) }}
+    - name: data
+      emptyDir: {}
+    {{- else if and $embedded (not $scaled) }}
+    - name: data
+      persistentVolumeClaim:
+        claimName: {{ include "natlens.collectorName" . }}-data
+    {{- end }}
+    - name: tmp
+      emptyDir: {}
+{{- end }}

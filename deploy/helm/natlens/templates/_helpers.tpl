@@ -1,0 +1,104 @@
+{{/* Object names: at most 63 characters, the DNS label limit Services and labels share. */}}
+{{- define "natlens.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "natlens.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "natlens.agentName" -}}
+{{- printf "%s-agent" (include "natlens.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "natlens.collectorName" -}}
+{{- printf "%s-collector" (include "natlens.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Headless Service giving each collector peer a stable DNS name (replicas > 1). */}}
+{{- define "natlens.collectorPeersName" -}}
+{{- printf "%s-collector-peers" (include "natlens.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "natlens.clickhouseName" -}}
+{{- printf "%s-clickhouse" (include "natlens.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The Secret holding the ClickHouse URL the collector uses (statefulset and external modes). */}}
+{{- define "natlens.clickhouseSecretName" -}}
+{{- if and (eq .Values.clickhouse.mode "external") .Values.clickhouse.external.existingSecret }}
+{{- .Values.clickhouse.external.existingSecret }}
+{{- else }}
+{{- include "natlens.clickhouseName" . }}
+{{- end }}
+{{- end }}
+
+{{- define "natlens.clickhouseSecretKey" -}}
+{{- if and (eq .Values.clickhouse.mode "external") .Values.clickhouse.external.existingSecret }}
+{{- .Values.clickhouse.external.existingSecretKey }}
+{{- else -}}
+url
+{{- end }}
+{{- end }}
+
+{{- define "natlens.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: stable across upgrades (a selector cannot change). Call with (dict "ctx" $ "component" "agent"). */}}
+{{- define "natlens.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "natlens.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "natlens.labels" -}}
+{{ include "natlens.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: natlens
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+helm.sh/chart: {{ include "natlens.chart" .ctx }}
+{{- end }}
+
+{{/* Labels for cluster-scoped objects and the namespace: no component. */}}
+{{- define "natlens.commonLabels" -}}
+app.kubernetes.io/name: {{ include "natlens.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: natlens
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ include "natlens.chart" . }}
+{{- end }}
+
+{{- define "natlens.image" -}}
+{{- printf "%s:%s" .image.repository (.image.tag | default .ctx.Chart.AppVersion) }}
+{{- end }}
+
+{{/* host:port of the collector Service, as the agents dial it. */}}
+{{- define "natlens.collectorAddress" -}}
+{{- if .Values.agent.collectorAddress }}
+{{- .Values.agent.collectorAddress }}
+{{- else }}
+{{- printf "%s.%s.svc:%d" (include "natlens.collectorName" .) .Release.Namespace (int .Values.collector.service.port) }}
+{{- end }}
+{{- end }}
+
+{{/* NATLENS_PEERS for a scaled-out collector: id=host:port for every StatefulSet pod, itself included. */}}
+{{- define "natlens.collectorPeers" -}}
+{{- $name := include "natlens.collectorName" . }}
+{{- $peers := include "natlens.collectorPeersName" . }}
+{{- $list := list }}
+{{- range $i := until (int .Values.collector.replicas) }}
+{{- $list = append $list (printf "%s-%d=%s-%d.%s.%s.svc:7070" $name $i $name $i $peers $.Release.Namespace) }}
+{{- end }}
+{{- join "," $list }}
+{{- end }}
