@@ -5,6 +5,7 @@
 // becomes MODIFIED events for exactly the objects it changed (syncLabObjects).
 
 import { createHash } from 'node:crypto';
+import { release } from 'node:os';
 import type { KubeObject, ResourceStore, StoreEvent } from '../k8s/api-server.js';
 import type { LabEndpoint, LabPod, LabService, LabState } from './types.js';
 
@@ -91,7 +92,19 @@ export function labKubeObjects(state: LabState, opts: LabKubeObjectsOptions = {}
         addresses: [...n.internalIPs.map((address) => ({ type: 'InternalIP', address })), { type: 'Hostname', address: n.name }],
         conditions: [{ type: 'Ready', status: 'True', lastHeartbeatTime: created, lastTransitionTime: created, reason: 'KubeletReady', message: 'kubelet is posting ready status' }],
         daemonEndpoints: { kubeletEndpoint: { Port: 10250 } },
-        nodeInfo: { kubeletVersion: 'v1.31.0', kubeProxyVersion: '', containerRuntimeVersion: 'natlens-lab://netns', operatingSystem: 'linux', architecture: 'amd64' },
+        nodeInfo: {
+          machineID: uid('Node', '', n.name).replace(/-/g, ''),
+          systemUUID: uid('Node', '', n.name),
+          bootID: uid('NodeBoot', created, n.name),
+          // The lab's nodes are namespaces of this machine: its kernel is theirs.
+          kernelVersion: release(),
+          osImage: 'natlens lab (network namespace)',
+          containerRuntimeVersion: 'natlens-lab://netns',
+          kubeletVersion: 'v1.31.0',
+          kubeProxyVersion: '',
+          operatingSystem: 'linux',
+          architecture: 'amd64',
+        },
       },
     });
   }
