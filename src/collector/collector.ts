@@ -67,6 +67,8 @@ interface ServiceFront {
   portName: string;
   frontend: string;
   proxyLoadBalancer: boolean;
+  /** When the recorded state took effect: older connections are not read against it. */
+  sinceNs: bigint;
 }
 type ServiceDirectory = Map<string, ServiceFront>;
 
@@ -421,7 +423,8 @@ export class Collector extends EventEmitter {
   }
 
   private whoRow(r: WhoRowData, directory: ServiceDirectory, podOf: (ip: string) => string): WhoRow {
-    const svc = directory.get(`${r.dialled}|${r.dialledPort}`);
+    // A Service's TCP and UDP ports may share a number (and a nodePort): the protocol tells them apart.
+    const svc = directory.get(`${r.dialled}|${r.dialledPort}|${r.protocols[0] ?? 'tcp'}`);
     let client = r.client ?? '';
     let clientSource = 'kernel';
     let proxy = '';
@@ -429,7 +432,7 @@ export class Collector extends EventEmitter {
       proxy = client;
       client = r.proxyClient;
       clientSource = `proxy-protocol-v${r.proxyVersion}`;
-    } else if (svc?.proxyLoadBalancer && svc.frontend === 'NodePort' && client !== '' && !this.isNodeAddress(client)) {
+    } else if (svc?.proxyLoadBalancer && svc.frontend === 'NodePort' && r.firstSeenNs >= svc.sinceNs && client !== '' && !this.isNodeAddress(client)) {
       // The Service's load balancer proxies (ipMode Proxy) and sent no header: the caller we see is
       // the proxy, and nothing carries the real client.
       proxy = client;
@@ -469,9 +472,10 @@ export class Collector extends EventEmitter {
       const proxyLoadBalancer = state.loadBalancerIngress.some((i) => i.ipMode === 'Proxy');
       for (const p of state.ports) {
         const portName = p.name || String(p.port);
+        const proto = (p.protocol ?? 'TCP').toLowerCase();
         const put = (ip: string, port: number, frontend: string): void => {
           const a = parseAddr(ip);
-          if (a) dir.set(`${formatAddr(a)}|${port}`, { namespace, name, portName, frontend, proxyLoadBalancer });
+          if (a) dir.set(`${formatAddr(a)}|${port}|${proto}`, { namespace, name, portName, frontend, proxyLoadBalancer, sinceNs: state.tsNs });
         };
         for (const ip of state.clusterIps) put(ip, p.port, 'ClusterIP');
         for (const i of state.loadBalancerIngress) put(i.ip, p.port, 'LoadBalancer');

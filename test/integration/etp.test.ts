@@ -163,5 +163,39 @@ for (const mode of ['iptables', 'nftables'] as ProxyMode[]) {
       const w = await who(`${app.namespace}/${app.name}`, collector!.address, ['--since', '30s']);
       expect(w.rows.reduce((s, r) => s + ((r as unknown as { while_terminating: number }).while_terminating ?? 0), 0)).toBe(3);
     }, 120_000);
+
+    it.runIf(mode === 'iptables')('recovers the real client from PROXY protocol v1 and v2 through a proxy load balancer, and says when nothing carries it', async () => {
+      const app = state.pods.find((p) => p.labels.app === 'source-ip-app')!;
+      const setLb = (lab as unknown as { labSetLbMode: (m: string, o: { prefix: string; proxyProtocol: string }) => Promise<unknown> }).labSetLbMode;
+      const sources: Record<string, number> = {};
+      for (const version of ['v1', 'v2', 'none'] as const) {
+        await setLb('proxy', { prefix, proxyProtocol: version });
+        // The collector must have recorded the Service's ingress as ipMode Proxy before "none" traffic.
+        await new Promise((r) => setTimeout(r, 1500));
+        const start = Date.now();
+        for (let i = 0; i < 2; i++) {
+          const r = await labCurl('client', 'loadbalancer@lb', { prefix, timeoutMs: 4000 });
+          expect(r.ok, show(r)).toBe(true);
+          expect((r as unknown as { proxy_client_address: string | null }).proxy_client_address).toBe(version === 'none' ? null : CLIENT);
+        }
+        const since = `${Math.ceil((Date.now() - start) / 1000) + 1}s`;
+        type Row = { client: string | null; client_source: string; proxy: string | null; connections: number };
+        const rows = await waitFor(async () => {
+          const w = await who(`${app.namespace}/${app.name}`, collector!.address, ['--since', since]);
+          const rs = w.rows as unknown as Row[];
+          return rs.reduce((n, r) => n + r.connections, 0) >= 2 ? rs : undefined;
+        }, 20_000, `who after PROXY ${version}`);
+        const lbAddress = state.lb.ips[0]!;
+        // The proxy spreads over the nodes (one row per ingress node); every row tells the same story.
+        const want = version === 'none'
+          ? { client: null, client_source: 'proxy-not-carried', proxy: lbAddress, service: 'default/loadbalancer', service_port: 'http' }
+          : { client: CLIENT, client_source: `proxy-protocol-${version}`, proxy: lbAddress, service: 'default/loadbalancer', service_port: 'http' };
+        for (const r of rows) expect(r).toMatchObject(want);
+        expect(rows.reduce((n, r) => n + r.connections, 0)).toBe(2);
+        sources[version] = rows.length;
+      }
+      expect(Object.keys(sources)).toEqual(['v1', 'v2', 'none']);
+      await setLb('forward', { prefix, proxyProtocol: 'none' });
+    }, 120_000);
   });
 }
