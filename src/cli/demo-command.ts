@@ -11,10 +11,13 @@ import { Agent } from '../agent/agent.js';
 import { CollectorOutput } from '../agent/collector-output.js';
 import { AGENT_SETTINGS, COLLECTOR_SETTINGS, resolveConfig } from '../config.js';
 import { labCurl, labDown, labPatch, labUp, type LabState, type ProxyMode } from '../lab/lab.js';
-import type { WhoResponse } from '../transport/proto.generated.js';
+import type { EtpResponse, WhoResponse } from '../transport/proto.generated.js';
 import { QueryClient } from '../transport/query-client.js';
 import { startCollectorService, type CollectorService } from './collector-command.js';
 import { formatWho } from './who-command.js';
+import { formatEtp } from '../query/etp-format.js';
+import { loadKubeConfig } from '../k8s/kube-config.js';
+import { startLabApiServer, type LabApiServer } from '../lab/lab-api-server.js';
 
 const PREFIX = 'nldemo';
 
@@ -54,6 +57,17 @@ function steps(state: LabState): Step[] {
       title: 'LoadBalancer, externalTrafficPolicy: Local (the LB only uses nodes whose health check passes: the client IP is kept)',
       kubectl: `kubectl patch svc loadbalancer -p '{"spec":{"externalTrafficPolicy":"Local"}}'`,
       before: () => labPatch('loadbalancer', 'Local', { prefix: PREFIX }),
+      requests: [
+        ...[1, 2, 3].map((i) => ({ label: `request ${i}`, from: 'client', target: 'loadbalancer@lb' })),
+        // What the LB no longer does, a client may still do: the Service's NodePort on a node without
+        // an endpoint drops it (natlens etp counts it from that node's kernel).
+        { label: 'via node2 NodePort', from: 'client', target: 'loadbalancer@node2', timeoutMs: 1500 },
+      ],
+    },
+    {
+      title: 'LoadBalancer rolled back to externalTrafficPolicy: Cluster (every node takes traffic again; SNAT again)',
+      kubectl: `kubectl patch svc loadbalancer -p '{"spec":{"externalTrafficPolicy":"Cluster"}}'`,
+      before: () => labPatch('loadbalancer', 'Cluster', { prefix: PREFIX }),
       requests: [1, 2, 3].map((i) => ({ label: `request ${i}`, from: 'client', target: 'loadbalancer@lb' })),
     },
   ];
@@ -65,12 +79,17 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 class DemoPipeline {
   private readonly outputs: CollectorOutput[] = [];
   private service: CollectorService | undefined;
+  private api: LabApiServer | undefined;
   readonly dataDir = mkdtempSync(join(tmpdir(), 'natlens-demo-'));
   address = '';
 
   async start(state: LabState, out: (line: string) => void): Promise<void> {
+    // The lab plays the Kubernetes API server: the collector records Services' history from it,
+    // the agents learn their Services' health-check node ports from it.
+    this.api = await startLabApiServer({ prefix: PREFIX, listen: '127.0.0.1:0' });
+    out(`  kubernetes: the lab serves the API on ${this.api.url} (kubeconfig ${this.api.kubeconfigPath})`);
     // The collector's defaults, on loopback and a short hold: each step's answer is shown at once.
-    const cfg = resolveConfig(COLLECTOR_SETTINGS, { listen: '127.0.0.1:0', data: this.dataDir, holdMs: '1s', flushMs: '200ms' }, {});
+    const cfg = resolveConfig(COLLECTOR_SETTINGS, { listen: '127.0.0.1:0', data: this.dataDir, holdMs: '1s', flushMs: '200ms', kubeconfig: this.api.kubeconfigPath }, {});
     this.service = await startCollectorService(cfg);
     this.service.collector.on('warn', (w: string) => out(`  collector: warning: ${w}`));
     this.address = `127.0.0.1:${this.service.server.port}`;
@@ -79,7 +98,10 @@ class DemoPipeline {
     for (const node of state.nodes) {
       const agent = new Agent({ ...agentCfg, node: node.name, netns: node.netnsPath });
       agent.on('warn', (w: string) => out(`  agent ${node.name}: warning: ${w}`));
-      this.outputs.push(new CollectorOutput(agent, { target: this.address, batchEvents: agentCfg.batchEvents, queueEvents: agentCfg.queueEvents }));
+      this.outputs.push(new CollectorOutput(agent, {
+        target: this.address, batchEvents: agentCfg.batchEvents, queueEvents: agentCfg.queueEvents,
+        kubernetes: { kubeConfig: loadKubeConfig({ kubeconfig: this.api.kubeconfigPath }), healthIntervalMs: 500 },
+      }));
     }
     await Promise.all(this.outputs.map((o) => o.start()));
     out(`  agents: ${state.nodes.map((n) => n.name).join(', ')} capturing and streaming to the collector`);
@@ -101,9 +123,20 @@ class DemoPipeline {
     }
   }
 
+  /** `natlens etp` over the real query API. */
+  async etp(service: string, sinceMs: number): Promise<EtpResponse> {
+    const client = new QueryClient(this.address);
+    try {
+      return await client.etp({ service, sinceMs: BigInt(sinceMs), forwarded: false });
+    } finally {
+      client.close();
+    }
+  }
+
   async stop(): Promise<void> {
     await Promise.allSettled(this.outputs.map((o) => o.stop(3000)));
     await this.service?.close();
+    await this.api?.close();
     rmSync(this.dataDir, { recursive: true, force: true });
   }
 }
@@ -150,10 +183,16 @@ export async function runDemo(opts: { proxyMode: ProxyMode; out?: (line: string)
       out(`   $ natlens who ${podIp} --since ${Math.ceil((Date.now() - stepStart) / 1000) + 1}s`);
       for (const line of formatWho(res).trimEnd().split('\n').slice(1)) out(line ? `   ${line}` : '');
     }
-    const total = await pipeline.who(podIp, Date.now() - demoStart + 1000, answered);
+    const podName = `${app.namespace}/${app.name}`;
+    const total = await pipeline.who(podName, Date.now() - demoStart + 1000, answered);
     out('');
-    out(`The whole demo: $ natlens who ${podIp}`);
+    out(`The whole demo: $ natlens who ${podName}`);
     for (const line of formatWho(total).trimEnd().split('\n').slice(1)) out(line ? `   ${line}` : '');
+    out('');
+    out('What the externalTrafficPolicy rollout (and its rollback) changed: $ natlens etp default/loadbalancer');
+    await sleep(1500); // the last drops and health readings reach the store
+    const report = await pipeline.etp('default/loadbalancer', Date.now() - demoStart + 1000);
+    for (const line of formatEtp(report).trimEnd().split('\n').slice(1)) out(line ? `   ${line}` : '');
     out('');
     out('CLIENT is who really called; SEEN AS is what the pod saw. Under Cluster policy the pod sees a node,');
     out('and natlens joins that node\'s record with the pod node\'s (same tuple, same TCP ISN) to name the client.');
@@ -169,7 +208,7 @@ export function registerDemoCommand(program: Command): void {
   program
     .command('demo')
     .summary('run the source-IP tutorial on a lab cluster: what the pod saw next to who really called')
-    .description('Builds the lab (network namespaces, real kube-proxy rules), starts a collector on the embedded\nClickHouse store and one agent per node, walks through the tutorial (ClusterIP; NodePort under\nCluster, then Local; LoadBalancer under both) and prints, for each step, what the echo server saw\nnext to what `natlens who` reports. Needs root. Removes everything it created when it ends.')
+    .description('Builds the lab (network namespaces, real kube-proxy rules; the lab also serves the Kubernetes API),\nstarts a collector on the embedded ClickHouse store and one agent per node, walks through the\ntutorial (ClusterIP; NodePort under Cluster, then Local; LoadBalancer under Cluster, Local, and\nback) and prints, for each step, what the echo server saw next to what `natlens who` reports, then\n`natlens etp default/loadbalancer`: the rollout period by period with a before/after summary.\nNeeds root. Removes everything it created when it ends.')
     .addOption(new Option('--proxy-mode <mode>', 'kube-proxy mode of the lab').choices(['iptables', 'nftables']).default('iptables'))
     .action(async (opts: { proxyMode: ProxyMode }) => {
       await runDemo({ proxyMode: opts.proxyMode });
