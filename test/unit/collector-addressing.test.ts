@@ -30,7 +30,13 @@ describe('who targets', () => {
     expect(parseTarget('')).toMatch(/empty/);
     expect(parseTarget('10.1.1.1:70000')).toMatch(/1-65535/);
     expect(parseTarget("1.1.1.1' OR 1=1 --")).toMatch(/not an IP address/);
-    expect(parseTarget('default/source-ip-app')).toMatch(/NAMESPACE\/POD.*Kubernetes metadata/);
+    expect(parseTarget('Default/source-ip-app')).toMatch(/not NAMESPACE\/POD/);
+    expect(parseTarget('default/')).toMatch(/not NAMESPACE\/POD/);
+  });
+
+  it('takes NAMESPACE/POD as Kubernetes names it', () => {
+    expect(parseTarget('default/source-ip-app-7c9d8b5f4-x2x9q')).toEqual({ namespace: 'default', pod: 'source-ip-app-7c9d8b5f4-x2x9q' });
+    expect(parseTarget('kube-system/coredns.v1')).toEqual({ namespace: 'kube-system', pod: 'coredns.v1' });
   });
 });
 

@@ -149,9 +149,19 @@ describe('transport codec round trips', () => {
           lastSeen: '2025-01-01T00:00:02.000000000Z',
           protocols: ['tcp'],
           stitched: true,
+          clientSource: 'proxy-protocol-v2',
+          proxy: '10.240.0.2',
+          service: 'default/loadbalancer',
+          servicePort: 'http',
+          dialled: '10.240.0.4:30081',
+          frontend: 'NodePort',
+          whileTerminating: 3n,
+          pod: 'default/source-ip-app',
         },
       ],
       complete: { eventsLost: 2n, lostByStage: { ringbuf_full: 2n }, unstitched: 0n, nodesReporting: ['node-a', 'node-b'], collectors: ['c1'] },
+      pod: 'default/source-ip-app',
+      node: 'node1',
     };
     expect(decodeWhoResponse(encodeWhoResponse(res))).toEqual(res);
   });
