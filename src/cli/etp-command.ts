@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { QUERY_SETTINGS, resolveConfig } from '../config.js';
 import { etpJson, formatEtp } from '../query/etp-format.js';
+import { parseNamespacedName } from '../query/target.js';
 import { QueryClient } from '../transport/query-client.js';
 import type { EtpResponse } from '../transport/proto.generated.js';
 import { NatlensError, UsageError } from '../util/errors.js';
@@ -27,7 +28,7 @@ export function registerEtpCommand(program: Command): void {
         '  natlens etp default/nodeport --json | jq \'.changes[] | {to_policy, snat_share, dropped}\'\n')
     .action(async (service: string, opts: Record<string, string | boolean | undefined>) => {
       const cfg = resolveConfig(QUERY_SETTINGS, { collector: opts.collector as string | undefined, sinceMs: opts.since as string | undefined }, process.env, { sinceMs: '--since' });
-      if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?\/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(service)) {
+      if (!parseNamespacedName(service)) {
         throw new UsageError(`etp: '${service}' is not NAMESPACE/SERVICE (e.g. default/loadbalancer)`);
       }
       const client = new QueryClient(cfg.collector);

@@ -12,7 +12,7 @@ import { PeerRing, type Peer } from './peer-ring.js';
 import { Stitcher, type StitcherOptions } from './stitcher.js';
 import type { ClickHouseStore, WhoRowData } from './store/clickhouse-store.js';
 import type { HealthCheckRow, PodHistoryRow, ServiceHistoryRow } from './store/schema.js';
-import { etpReport, frontendsOf, loadServiceStates, mergeEtpPeriods, type ServiceStateRow } from './etp.js';
+import { etpReport, mergeEtpPeriods, type ServiceStateRow } from './etp.js';
 import { podTimeline, latestServiceStates, type PodState } from './k8s-history.js';
 import { formatTimestamp } from '../agent/events.js';
 import type { EtpRequest, EtpResponse, EventBatch, Hello, HopEvent, WhoRequest, WhoResponse, WhoRow, Completeness } from '../transport/proto.generated.js';
@@ -20,7 +20,7 @@ import { createCompleteness, createEtpResponse, createWhoResponse, createWhoRow 
 import { CollectorStreamClient } from '../transport/stream-client.js';
 import { QueryClient } from '../transport/query-client.js';
 import { NatlensError } from '../util/errors.js';
-import { parseTarget } from '../query/target.js';
+import { parseNamespacedName, parseTarget } from '../query/target.js';
 
 const IPS_SRC_NAT = 0x10;
 
@@ -73,7 +73,7 @@ interface ServiceFront {
 type ServiceDirectory = Map<string, ServiceFront>;
 
 /** The addresses this collector owns (all of them when it runs alone). */
-function req_own(addrs: Addr16[], ring: PeerRing): Addr16[] {
+function ownedAddresses(addrs: Addr16[], ring: PeerRing): Addr16[] {
   return ring.scaledOut ? addrs.filter((a) => ring.isSelf(ring.ownerOf(a))) : addrs;
 }
 
@@ -380,7 +380,7 @@ export class Collector extends EventEmitter {
     const timeline = await podTimeline(store, { ip, sinceNs });
     const latest = timeline[timeline.length - 1];
     return {
-      text: parsed.port === undefined ? ip : `${parsed.addr.length && ip.includes(':') ? `[${ip}]` : ip}:${parsed.port}`,
+      text: parsed.port === undefined ? ip : `${ip.includes(':') ? `[${ip}]` : ip}:${parsed.port}`,
       addrs: [parsed.addr],
       port: parsed.port,
       timeline,
@@ -397,7 +397,7 @@ export class Collector extends EventEmitter {
   private async whoLocal(target: ResolvedTarget, sinceNs: bigint): Promise<WhoResponse> {
     const { store } = this.options;
     const { ring } = this.options;
-    const own = req_own(target.addrs, ring);
+    const own = ownedAddresses(target.addrs, ring);
     const [answer, loss, services] = await Promise.all([
       own.length ? store.who({ endpoint: own, port: target.port, sinceNs, terminating: terminatingWindows(target.timeline) }) : Promise.resolve({ rows: [], unstitched: 0 }),
       store.lossSince(sinceNs),
@@ -486,9 +486,9 @@ export class Collector extends EventEmitter {
   }
 
   async etp(req: EtpRequest): Promise<EtpResponse> {
-    const m = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?)\/([a-z0-9]([-a-z0-9.]*[a-z0-9])?)$/.exec(req.service.trim());
-    if (!m) throw new QueryError(`'${req.service}' is not NAMESPACE/SERVICE (e.g. default/loadbalancer)`, GRPC_INVALID_ARGUMENT);
-    const [namespace, name] = [m[1]!, m[3]!];
+    const svc = parseNamespacedName(req.service);
+    if (!svc) throw new QueryError(`'${req.service}' is not NAMESPACE/SERVICE (e.g. default/loadbalancer)`, GRPC_INVALID_ARGUMENT);
+    const { namespace, name } = svc;
     const sinceMs = req.sinceMs > 0n ? Number(req.sinceMs) : 3_600_000;
     const sinceNs = BigInt(Date.now() - sinceMs) * 1_000_000n;
     const local = await this.etpLocal(namespace, name, sinceNs);

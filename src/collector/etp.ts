@@ -9,7 +9,7 @@
 import { formatTimestamp } from '../agent/events.js';
 import { formatAddr, parseAddr } from './addr.js';
 import type { Addr16 } from './hop.js';
-import type { ClickHouseStore } from './store/clickhouse-store.js';
+import { ipText, type ClickHouseStore } from './store/clickhouse-store.js';
 import { connectionsTable, healthChecksTable, hopsTable, serviceHistoryTable } from './store/schema.js';
 import type { EtpEndpoint, EtpHealthCheck, EtpNode, EtpPeriod } from '../transport/proto.generated.js';
 import { createEtpHealthCheck, createEtpNode, createEtpPeriod } from '../transport/proto.generated.js';
@@ -42,9 +42,6 @@ export interface EtpReport {
   known: boolean;
   periods: EtpPeriod[];
 }
-
-const ipText = (expr: string): string =>
-  `if(startsWith(toString(${expr}), '::ffff:') AND position(toString(${expr}), '.') > 0, substring(toString(${expr}), 8), toString(${expr}))`;
 
 function parseJson<T>(text: string, fallback: T): T {
   try {

@@ -5,7 +5,7 @@
  * after a collector restart.
  */
 import { parseServiceState, SERVICE_STATE_COLUMNS, type ServiceStateRaw, type ServiceStateRow } from './etp.js';
-import type { ClickHouseStore } from './store/clickhouse-store.js';
+import { ipText, type ClickHouseStore } from './store/clickhouse-store.js';
 import { podHistoryTable, serviceHistoryTable } from './store/schema.js';
 
 export interface PodState {
@@ -18,9 +18,6 @@ export interface PodState {
   terminating: boolean;
   deleted: boolean;
 }
-
-const ipText = (expr: string): string =>
-  `if(startsWith(toString(${expr}), '::ffff:') AND position(toString(${expr}), '.') > 0, substring(toString(${expr}), 8), toString(${expr}))`;
 
 /**
  * The recorded states, oldest first, of one pod by name or of every pod that had `ip`, from the

@@ -12,15 +12,21 @@ export interface PodTarget {
   pod: string;
 }
 
-// DNS-1123 label (namespace) / subdomain (pod name), as the API server validates them.
-const POD_TARGET = /^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)\/([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)$/;
+// DNS-1123 label (namespace) / subdomain (pod or Service name), as the API server validates them.
+const NAMESPACED_NAME = /^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)\/([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)$/;
+
+/** NAMESPACE/NAME as Kubernetes names things, or null. */
+export function parseNamespacedName(text: string): { namespace: string; name: string } | null {
+  const m = NAMESPACED_NAME.exec(text.trim());
+  return m ? { namespace: m[1]!, name: m[3]! } : null;
+}
 
 /** The target, or a message saying what is wrong with it. */
 export function parseTarget(text: string): Target | PodTarget | string {
   const t = text.trim();
   if (t === '') return 'target is empty: give NAMESPACE/POD, a pod IP, IP:PORT or [IPv6]:PORT';
-  const pod = POD_TARGET.exec(t);
-  if (pod) return { namespace: pod[1]!, pod: pod[3]! };
+  const pod = parseNamespacedName(t);
+  if (pod) return { namespace: pod.namespace, pod: pod.name };
   if (t.includes('/')) return `'${t.slice(0, 100)}' is not NAMESPACE/POD: both must be lowercase letters, digits and '-' (pod names may contain '.')`;
   if (t.length > 100) return 'target is too long to be an address';
   let host = t;

@@ -120,7 +120,8 @@ const WRITER_POOL_SIZE = 2;
 const MAX_POOLED_WRITER_BYTES = 32 << 20;
 
 /** Text form of an IPv6 column: IPv4-mapped addresses as plain a.b.c.d (NULL stays NULL). */
-function ipText(expr: string): string {
+/** SQL text of an IPv6 column as people write it: IPv4-mapped as a.b.c.d. Used by every reader of the store. */
+export function ipText(expr: string): string {
   const s = `toString(${expr})`;
   // Only ::ffff:0:0/96 is printed with a dotted tail, so prefix + '.' identifies it exactly.
   return `if(startsWith(${s}, '::ffff:') AND position(${s}, '.') > 0, substring(${s}, 8), ${s})`;
