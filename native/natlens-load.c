@@ -329,6 +329,10 @@ static void help_client(FILE *f)
 "                            Numeric addresses only (no DNS). Repeatable.\n"
 "  --udp                     UDP: one datagram per fresh socket, wait for reply\n"
 "  --concurrency N           connections in flight (default 64, max 100000)\n"
+"  --rate R                  start at most R connections per second, evenly paced\n"
+"                            (default 0 = as fast as --concurrency allows). When\n"
+"                            the path cannot keep up, at most 100 ms of backlog is\n"
+"                            made up; older backlog is dropped (see rate_lag_ms)\n"
 "  --duration-s S            stop launching after S seconds (default 5, max 86400)\n"
 "  --max-conns N             stop after N attempts (default 1000000). If every\n"
 "                            attempt succeeds, connections == N exactly.\n"
@@ -364,7 +368,8 @@ static void help_client(FILE *f)
 "\n"
 "example:\n"
 "  " PROG " client --target 10.0.0.2:30080,10.0.0.3:30080 --duration-s 10 \\\n"
-"      --concurrency 128 --progress --json\n");
+"      --concurrency 128 --progress --json\n"
+"  " PROG " client --target 10.0.0.2:30080 --rate 500 --duration-s 600 --json\n");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -813,6 +818,10 @@ struct client {
 	uint32_t concurrency;
 	uint64_t max_conns;
 	uint64_t timeout_ns;
+	/* --rate pacing: start k (since pace_base) is due at pace_base + k / rate */
+	double rate;
+	uint64_t pace_base, pace_k;
+	uint64_t pace_lag_ns; /* backlog dropped because the path could not keep up */
 	int have_source;
 	struct sockaddr_storage source;
 	socklen_t source_len;
@@ -1025,6 +1034,31 @@ static int conn_start(struct client *c, uint64_t now)
 	return 0;
 }
 
+#define PACE_MAX_BACKLOG_NS 100000000ull /* make up at most 100 ms of missed starts */
+
+static uint64_t pace_due(const struct client *c)
+{
+	return c->pace_base + (uint64_t)((double)c->pace_k * 1e9 / c->rate);
+}
+
+/* With --rate: may another connection start now? Drops backlog older than 100 ms, so a stall
+ * (all --concurrency slots busy) is not followed by a burst far above the rate. */
+static int pace_allows(struct client *c, uint64_t now)
+{
+	if (c->rate <= 0)
+		return 1;
+	uint64_t due = pace_due(c);
+	if (now < due)
+		return 0;
+	if (now - due > PACE_MAX_BACKLOG_NS) {
+		c->pace_lag_ns += now - due - PACE_MAX_BACKLOG_NS;
+		c->pace_base = now - PACE_MAX_BACKLOG_NS;
+		c->pace_k = 0;
+	}
+	c->pace_k++;
+	return 1;
+}
+
 static void conn_event(struct client *c, uint64_t data, uint32_t events)
 {
 	int i = (int)(uint32_t)data;
@@ -1195,6 +1229,8 @@ static int cmd_client(int argc, char **argv)
 			c->udp = 1;
 		} else if ((v = flag_value(argc, argv, &i, "--concurrency"))) {
 			c->concurrency = (uint32_t)parse_u64("--concurrency", v, 1, 100000);
+		} else if ((v = flag_value(argc, argv, &i, "--rate"))) {
+			c->rate = (double)parse_u64("--rate", v, 0, 10000000);
 		} else if ((v = flag_value(argc, argv, &i, "--duration-s"))) {
 			duration = parse_seconds("--duration-s", v, 0.001, 86400);
 		} else if ((v = flag_value(argc, argv, &i, "--max-conns"))) {
@@ -1257,6 +1293,7 @@ static int cmd_client(int argc, char **argv)
 
 	uint64_t grace_ns = (timeout_ms < 1000 ? timeout_ms : 1000) * 1000000ull;
 	uint64_t start = mono_ns(), now = start;
+	c->pace_base = start;
 	uint64_t run_deadline = start + (uint64_t)(duration * 1e9);
 	uint64_t hard_deadline = run_deadline + grace_ns; /* absolute bound on the run */
 	uint64_t next_progress = start + 1000000000ull;
@@ -1290,7 +1327,8 @@ static int cmd_client(int argc, char **argv)
 			break;
 
 		if (launching && now >= c->backoff_until) {
-			while (c->inflight < c->concurrency && c->started < c->max_conns) {
+			while (c->inflight < c->concurrency && c->started < c->max_conns &&
+			       pace_allows(c, now)) {
 				if (conn_start(c, mono_ns()) < 0) { /* per-connect start time */
 					c->backoff_until = now + 1000000ull; /* 1 ms */
 					break;
@@ -1309,6 +1347,11 @@ static int cmd_client(int argc, char **argv)
 		if (launching && c->backoff_until > now && c->backoff_until < wake &&
 		    c->inflight < c->concurrency)
 			wake = c->backoff_until;
+		if (launching && c->rate > 0 && c->inflight < c->concurrency && now >= c->backoff_until) {
+			uint64_t due = pace_due(c);
+			if (due < wake)
+				wake = due > now ? due : now;
+		}
 		int n = epoll_pwait(c->epfd, evs, nev, ms_until(now, wake, 1000), &g_wait_mask);
 		if (n < 0 && errno != EINTR)
 			fatal("epoll_pwait: %s", strerror(errno));
@@ -1359,11 +1402,12 @@ static int cmd_client(int argc, char **argv)
 		fprintf(o, "%s\"%s\"", t ? "," : "", c->targets[t].text);
 	fprintf(o, "],\"mode\":\"%s\",\"attempts\":%" PRIu64 ",\"abandoned\":%" PRIu64
 		   ",\"timeouts_connect\":%" PRIu64 ",\"timeouts_reply\":%" PRIu64
-		   ",\"concurrency\":%u,\"stopped_by\":\"%s\","
+		   ",\"concurrency\":%u,\"rate\":%.0f,\"rate_lag_ms\":%.1f,\"stopped_by\":\"%s\","
 		   "\"latency_us\":{\"p50_le\":%" PRIu64 ",\"p99_le\":%" PRIu64 ",\"p999_le\":%" PRIu64
 		   ",\"max\":%" PRIu64 "},\"per_target\":[",
 		c->udp ? "udp" : "tcp", c->started, c->abandoned, c->timeouts_connect,
-		c->timeouts_reply, c->concurrency, stopped_by, lat_quantile_us(c, 0.5),
+		c->timeouts_reply, c->concurrency, c->rate, (double)c->pace_lag_ns / 1e6, stopped_by,
+		lat_quantile_us(c, 0.5),
 		lat_quantile_us(c, 0.99), lat_quantile_us(c, 0.999), c->lat_max_ns / 1000);
 	for (uint32_t t = 0; t < c->ntargets; t++)
 		fprintf(o, "%s{\"target\":\"%s\",\"connections\":%" PRIu64 ",\"failed\":%" PRIu64 "}",
