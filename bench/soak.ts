@@ -52,6 +52,7 @@ import { connectionsTable } from '../src/collector/store/schema.js';
 import { parseDuration } from '../src/util/duration.js';
 import { NatlensError, UsageError, describeError } from '../src/util/errors.js';
 import { LOAD_BIN, PACKAGE_ROOT } from '../src/util/paths.js';
+import { compareMultisets, mean, round1, round3, trends, type ProcSample, type Sample } from './soak-verdict.js';
 
 /**
  * Extra arguments for every natlens process that speaks gRPC here (collector, agent, who): the one
@@ -149,8 +150,6 @@ function parseOptions(argv: string[]): Options {
 
 const log = (msg: string): void => void process.stderr.write(`soak: ${msg}\n`);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-const round1 = (x: number): number => Math.round(x * 10) / 10;
-const round3 = (x: number): number => Math.round(x * 1000) / 1000;
 
 // ---------------------------------------------------------------- processes we started
 
@@ -273,7 +272,6 @@ const CLK_TCK = (() => {
 interface ProcReading {
   rssKb: number;
   anonKb: number;
-  hwmKb: number;
   ticks: number;
 }
 
@@ -284,7 +282,7 @@ function readProc(pid: number): ProcReading | null {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     // f[0] is field 3 (state): utime = field 14, stime = field 15.
-    return { rssKb: kb('VmRSS'), anonKb: kb('RssAnon'), hwmKb: kb('VmHWM'), ticks: Number(f[11]) + Number(f[12]) };
+    return { rssKb: kb('VmRSS'), anonKb: kb('RssAnon'), ticks: Number(f[11]) + Number(f[12]) };
   } catch {
     return null;
   }
@@ -408,27 +406,6 @@ class LoadClient {
 
 // ---------------------------------------------------------------- samples
 
-interface ProcSample {
-  rss_mb: number;
-  anon_mb: number;
-  /** share of one core since the previous sample */
-  cpu: number;
-}
-
-interface Sample {
-  t_s: number;
-  phase: 'load' | 'drain';
-  made: number;
-  failed: number;
-  conn_per_s: number;
-  machine_busy: number;
-  stored_connections: number | null;
-  stored_hops: number | null;
-  buffered_hops: number | null;
-  collector: ProcSample | null;
-  agents: Record<string, { node: ProcSample | null; probe: ProcSample | null }>;
-}
-
 interface AgentRun {
   node: string;
   proc: NatlensProc;
@@ -499,69 +476,6 @@ class Sampler {
     this.samples.push(s);
     return s;
   }
-}
-
-// ---------------------------------------------------------------- memory verdict
-
-interface Trend {
-  process: string;
-  kind: 'collector' | 'agent' | 'probe';
-  first_mb: number;
-  last_mb: number;
-  ratio: number;
-  slope_mb_per_min: number;
-  max_mb: number;
-  limit_mb_per_min: number;
-  ok: boolean;
-}
-
-/** Least-squares slope of y over x. */
-function slope(xs: number[], ys: number[]): number {
-  const n = xs.length;
-  if (n < 2) return 0;
-  const mx = xs.reduce((a, b) => a + b, 0) / n;
-  const my = ys.reduce((a, b) => a + b, 0) / n;
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < n; i++) {
-    num += ((xs[i] as number) - mx) * ((ys[i] as number) - my);
-    den += ((xs[i] as number) - mx) ** 2;
-  }
-  return den > 0 ? num / den : 0;
-}
-
-const mean = (xs: number[]): number => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 0);
-
-function trends(samples: Sample[], opts: Options, loadEndS: number): Trend[] {
-  // The load after the warm-up; the first window is [warmup, 2*warmup), the last (loadEnd-warmup, loadEnd].
-  const load = samples.filter((s) => s.phase === 'load' && s.t_s >= opts.warmupS && s.t_s <= loadEndS);
-  const series: Array<{ process: string; kind: Trend['kind']; get: (s: Sample) => ProcSample | null }> = [
-    { process: 'collector', kind: 'collector', get: (s) => s.collector },
-  ];
-  for (const node of Object.keys(samples[0]?.agents ?? {})) {
-    series.push({ process: `agent ${node}`, kind: 'agent', get: (s) => s.agents[node]?.node ?? null });
-    series.push({ process: `probe ${node}`, kind: 'probe', get: (s) => s.agents[node]?.probe ?? null });
-  }
-  return series.map(({ process, kind, get }) => {
-    const pts = load.flatMap((s) => {
-      const p = get(s);
-      return p ? [{ t: s.t_s, mb: p.rss_mb }] : [];
-    });
-    const first = pts.filter((p) => p.t < 2 * opts.warmupS).map((p) => p.mb);
-    const last = pts.filter((p) => p.t > loadEndS - opts.warmupS).map((p) => p.mb);
-    const k = slope(pts.map((p) => p.t / 60), pts.map((p) => p.mb));
-    const limit = opts.maxSlope[kind];
-    return {
-      process, kind,
-      first_mb: round1(mean(first)), last_mb: round1(mean(last)),
-      ratio: mean(first) > 0 ? round3(mean(last) / mean(first)) : 0,
-      slope_mb_per_min: round3(k),
-      max_mb: round1(Math.max(0, ...pts.map((p) => p.mb))),
-      limit_mb_per_min: limit,
-      // No points (the process vanished) is a failure, not a pass.
-      ok: pts.length >= 2 && k <= limit,
-    };
-  });
 }
 
 // ---------------------------------------------------------------- who and the store
@@ -659,18 +573,6 @@ async function readStore(dataDir: string, clientIp: string, sinceNs: bigint): Pr
   } finally {
     await store.close();
   }
-}
-
-function compareMultisets(made: Map<string, number>, stored: Map<string, number>): { missing: number; extra: number; stored: number } {
-  let missing = 0;
-  let extra = 0;
-  let total = 0;
-  for (const [k, n] of made) missing += Math.max(0, n - (stored.get(k) ?? 0));
-  for (const [k, n] of stored) {
-    total += n;
-    extra += Math.max(0, n - (made.get(k) ?? 0));
-  }
-  return { missing, extra, stored: total };
 }
 
 // ---------------------------------------------------------------- output
@@ -911,7 +813,10 @@ async function run(opts: Options): Promise<number> {
     if (a.unacked !== 0 || a.overflow !== 0 || a.rejected !== 0) reasons.push(`agent ${a.node}: unacked ${a.unacked}, queue overflow ${a.overflow}, rejected ${a.rejected}`);
   }
   const lossOk = reasons.length === 0;
-  for (const m of memory) if (!m.ok) reasons.push(`${m.process}: RSS slope ${m.slope_mb_per_min} MB/min > ${m.limit_mb_per_min}`);
+  for (const m of memory) {
+    if (m.missing_samples > 0) reasons.push(`${m.process}: no reading in ${m.missing_samples} samples of the load (it was gone)`);
+    else if (!m.ok) reasons.push(`${m.process}: RSS slope ${m.slope_mb_per_min} MB/min > ${m.limit_mb_per_min}`);
+  }
   const memoryOk = memory.every((m) => m.ok);
   const achieved = load.connections / opts.durationS;
   const loadOk = achieved >= MIN_RATE_SHARE * opts.rate;
