@@ -272,17 +272,17 @@ describe('helm chart deploy/helm/natlens', () => {
   });
 
   describe('own metrics, health and logs', () => {
-    const workloads = (r: Rendered): Array<[string, Obj, Obj]> => [
+    const workloads = (r: Rendered): [[string, Obj, Obj], [string, Obj, Obj]] => [
       ['agent', find(r, 'DaemonSet'), container(find(r, 'DaemonSet'), 'agent')],
       ['collector', find(r, r.objects.some((o) => o.kind === 'Deployment') ? 'Deployment' : 'StatefulSet', 'natlens-collector'), container(find(r, r.objects.some((o) => o.kind === 'Deployment') ? 'Deployment' : 'StatefulSet', 'natlens-collector'), 'collector')],
     ];
 
-    it.each([
+    it.each<[string, Parameters<typeof renderChart>[0], Record<string, number>]>([
       ['default values', {}, { agent: 9469, collector: 9470 }],
       ['other ports', { set: ['agent.metrics.port=19469', 'collector.metrics.port=19470'] }, { agent: 19469, collector: 19470 }],
-    ] as const)('serves /metrics, probes /healthz (liveness) and /readyz (readiness) on the port NATLENS_METRICS_LISTEN binds (%s)', (_name, opts, ports) => {
+    ])('serves /metrics, probes /healthz (liveness) and /readyz (readiness) on the port NATLENS_METRICS_LISTEN binds (%s)', (_name, opts, ports) => {
       for (const [component, workload, c] of workloads(renderChart(opts))) {
-        const port = ports[component as 'agent' | 'collector'];
+        const port = ports[component]!;
         const listen = env(c).get('NATLENS_METRICS_LISTEN')!.value as string;
         expect(listen, component).toBe(`0.0.0.0:${port}`);
         const settings = component === 'agent' ? AGENT_SETTINGS : COLLECTOR_SETTINGS;
@@ -312,7 +312,7 @@ describe('helm chart deploy/helm/natlens', () => {
         expect(((c.ports ?? []) as Obj[]).some((p) => p.name === 'metrics'), component).toBe(false);
         expect(workload.spec.template.metadata.annotations, component).toBeUndefined();
       }
-      const [[, , agent], [, , collector]] = workloads(r) as [[string, Obj, Obj], [string, Obj, Obj]];
+      const [[, , agent], [, , collector]] = workloads(r);
       expect(agent.livenessProbe).toBeUndefined();
       expect(agent.readinessProbe).toBeUndefined();
       expect(collector.readinessProbe).toEqual({ tcpSocket: { port: 'grpc' }, periodSeconds: 5 });
@@ -325,15 +325,15 @@ describe('helm chart deploy/helm/natlens', () => {
     it('keeps the user\'s pod annotations, which win over the scrape ones', () => {
       const r = renderChart({ values: { agent: { podAnnotations: { 'prometheus.io/scrape': 'false', team: 'net' } }, collector: { podAnnotations: { a: 'b' } } } });
       const [[, agent], [, collector]] = workloads(r);
-      expect(agent!.spec.template.metadata.annotations).toEqual({ 'prometheus.io/scrape': 'false', 'prometheus.io/port': '9469', 'prometheus.io/path': '/metrics', team: 'net' });
-      expect(collector!.spec.template.metadata.annotations).toMatchObject({ 'prometheus.io/scrape': 'true', a: 'b' });
+      expect(agent.spec.template.metadata.annotations).toEqual({ 'prometheus.io/scrape': 'false', 'prometheus.io/port': '9469', 'prometheus.io/path': '/metrics', team: 'net' });
+      expect(collector.spec.template.metadata.annotations).toMatchObject({ 'prometheus.io/scrape': 'true', a: 'b' });
       const off = renderChart({ set: ['agent.metrics.enabled=false'], values: { agent: { podAnnotations: { team: 'net' } } } });
       expect(find(off, 'DaemonSet').spec.template.metadata.annotations).toEqual({ team: 'net' });
     });
 
     it('sets the log level through NATLENS_LOG_LEVEL, a value natlens accepts', () => {
       const r = renderChart({ set: ['agent.logLevel=debug', 'collector.logLevel=warn'] });
-      const [[, , agent], [, , collector]] = workloads(r) as [[string, Obj, Obj], [string, Obj, Obj]];
+      const [[, , agent], [, , collector]] = workloads(r);
       expect(env(agent).get('NATLENS_LOG_LEVEL')!.value).toBe('debug');
       expect(env(collector).get('NATLENS_LOG_LEVEL')!.value).toBe('warn');
       expect(env(container(find(defaults, 'DaemonSet'), 'agent')).get('NATLENS_LOG_LEVEL')!.value).toBe('info');
