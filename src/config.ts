@@ -5,6 +5,7 @@
 import { hostname } from 'node:os';
 import { UsageError } from './util/errors.js';
 import { parseDuration } from './util/duration.js';
+import { LOG_LEVELS } from './observability/log.js';
 
 type Parser<T> = (text: string, source: string) => T;
 
@@ -37,6 +38,12 @@ const bool: Parser<boolean> = (text, source) => {
   throw new UsageError(`${source}: '${text}' must be true or false`);
 };
 
+/** The agent's and the collector's own metrics and logs (docs/observability.md). */
+const OBSERVABILITY_SETTINGS = {
+  metricsListen: { env: 'NATLENS_METRICS_LISTEN', default: undefined as string | undefined, parse: (t: string, src: string) => (t === '' ? undefined : hostPort(t, src)), help: 'serve /metrics, /healthz and /readyz on HOST:PORT (default: off)' },
+  logLevel: { env: 'NATLENS_LOG_LEVEL', default: 'info' as (typeof LOG_LEVELS)[number], parse: oneOf(...LOG_LEVELS), help: 'least severe log lines written to stderr: debug, info, warn or error' },
+} satisfies Record<string, Setting<unknown>>;
+
 export const AGENT_SETTINGS = {
   node: { env: 'NATLENS_NODE', default: hostname(), parse: str, help: 'node name reported with every event' },
   netns: { env: 'NATLENS_NETNS', default: undefined, parse: optionalStr, help: 'network namespace to capture in (path, e.g. /run/netns/nl-node1)' },
@@ -60,6 +67,7 @@ export const AGENT_SETTINGS = {
   kubeconfig: { env: 'NATLENS_KUBECONFIG', default: undefined, parse: optionalStr, help: 'watch Kubernetes through this kubeconfig file' },
   healthIntervalMs: { env: 'NATLENS_HEALTH_CHECK_INTERVAL', default: 2000, parse: durationMs(100, 600_000), help: 'read this node\'s health-check node ports this often' },
   queueEvents: { env: 'NATLENS_QUEUE_EVENTS', default: 200_000, parse: int(1000, 10_000_000), help: 'events held while the collector is slow or away; beyond, new events are counted lost' },
+  ...OBSERVABILITY_SETTINGS,
 } satisfies Record<string, Setting<unknown>>;
 
 const hostPort: Parser<string> = (text, source) => {
@@ -85,6 +93,7 @@ export const COLLECTOR_SETTINGS = {
   maxMessageBytes: { env: 'NATLENS_MAX_MESSAGE_BYTES', default: 16 << 20, parse: int(1024, 256 << 20), help: 'largest gRPC message accepted' },
   kubernetes: { env: 'NATLENS_KUBERNETES', default: false, parse: bool, help: 'watch Kubernetes (in-cluster config, else $KUBECONFIG / ~/.kube/config) for names and Service history' },
   kubeconfig: { env: 'NATLENS_KUBECONFIG', default: undefined, parse: optionalStr, help: 'watch Kubernetes through this kubeconfig file' },
+  ...OBSERVABILITY_SETTINGS,
 } satisfies Record<string, Setting<unknown>>;
 
 export const QUERY_SETTINGS = {

@@ -6,6 +6,7 @@ import { EventEmitter } from 'node:events';
 import { probeFeatures, planCapture } from '../probe/features.js';
 import { ProbeProcess, ProbeError, type CaptureMode, type ProbeOptions } from '../probe/probe-process.js';
 import { decodeRecord, isProxyRecord, type ProbeRecord, type ProxyRecord, type StatsRecord } from '../probe/record-decoder.js';
+import { NL_HEADER, NlRecordKind } from '../probe/record-layout.generated.js';
 import {
   classifyProxyBytes, countProxyOutcome, formatTimestamp, newProxyCounts, toAgentEvent, toProxyEvent, toStatsEvent,
   type AgentEvent, type StatsEvent,
@@ -20,6 +21,22 @@ export interface AgentOptions extends Omit<ProbeOptions, 'mode'> {
   proxyProtocol?: boolean;
 }
 
+/** Records the agent took from the probe, by kind (ct_new counts as conn; undecodable ones are not counted). */
+export interface CapturedCounts {
+  conn: number;
+  drop: number;
+  end: number;
+  proxy: number;
+}
+
+/** Record kind byte -> CapturedCounts key. */
+const CAPTURED_KIND: Array<keyof CapturedCounts | undefined> = [];
+CAPTURED_KIND[NlRecordKind.CONN] = 'conn';
+CAPTURED_KIND[NlRecordKind.CT_NEW] = 'conn';
+CAPTURED_KIND[NlRecordKind.DROP] = 'drop';
+CAPTURED_KIND[NlRecordKind.END] = 'end';
+CAPTURED_KIND[NlRecordKind.PROXY] = 'proxy';
+
 /** Events: 'event' (AgentEvent), 'warn' (string), 'exit' (code). */
 export class Agent extends EventEmitter {
   private probe: ProbeProcess | undefined;
@@ -32,6 +49,12 @@ export class Agent extends EventEmitter {
   mode: CaptureMode | undefined;
   /** Set before start() to receive flow records as raw bytes instead of 'event' objects (see ProbeProcess.flowSink). */
   flowSink: ((buf: Buffer, offset: number) => void) | undefined;
+  /** Records taken from the probe, by kind. */
+  readonly captured: CapturedCounts = { conn: 0, drop: 0, end: 0, proxy: 0 };
+  /** Probes started (more than one: the probe was restarted). */
+  probeStarts = 0;
+  /** Capture is live: the probe reported ready and has not exited. */
+  attached = false;
 
   constructor(readonly options: AgentOptions) {
     super();
@@ -50,8 +73,9 @@ export class Agent extends EventEmitter {
     const sink = this.flowSink;
     // PROXY records reach the sink only when their header names a client; the rest is counted here.
     probe.flowSink = sink && ((buf, off) => {
-      if (isProxyRecord(buf, off) && !this.admitProxy(buf, off)) return;
-      sink(buf, off);
+      const kind = CAPTURED_KIND[buf[off + NL_HEADER.kind.offset]!];
+      if (!isProxyRecord(buf, off) || this.admitProxy(buf, off)) sink(buf, off);
+      if (kind) this.captured[kind]++; // after the sink: a record it could not decode is not captured
     });
     this.probe = probe;
     probe.on('record', (rec: ProbeRecord) => this.onRecord(rec));
@@ -59,10 +83,13 @@ export class Agent extends EventEmitter {
       if (s.event === 'warn' || s.event === 'error') this.emit('warn', `${s.what ? `${s.what}: ` : ''}${s.msg ?? JSON.stringify(s)}`);
     });
     probe.on('exit', (code: number | null) => {
+      this.attached = false;
       this.emitStats(true);
       this.emit('exit', code);
     });
+    this.probeStarts++;
     const ready = await probe.start();
+    this.attached = true;
     this.emit('event', {
       type: 'ready', node: this.options.node, mode, ts: formatTimestamp(BigInt(Date.now()) * 1_000_000n),
       interfaces: (ready.ifaces ?? []).map((i) => i.ifname),
@@ -75,6 +102,7 @@ export class Agent extends EventEmitter {
       this.emitStats(false);
       return;
     }
+    this.captured[rec.kind === 'ct_new' ? 'conn' : rec.kind]++;
     const ifname = (i: number): string | null => this.probe?.interfaces.get(i) ?? null;
     if (rec.kind === 'proxy') {
       const ev = this.proxyEvent(rec, ifname);
@@ -97,6 +125,11 @@ export class Agent extends EventEmitter {
   /** Flow-sink path: whether the PROXY record at `off` goes to the sink (its outcome is counted either way). Throws RecordDecodeError. */
   private admitProxy(buf: Buffer, off: number): boolean {
     return this.proxyEvent(decodeRecord(buf, off) as ProxyRecord, () => null) !== null;
+  }
+
+  /** Interfaces the probe is attached to. */
+  get interfaceCount(): number {
+    return this.probe?.interfaces.size ?? 0;
   }
 
   /** Name of an attached interface, or null. */

@@ -32,6 +32,8 @@ export class CollectorOutput extends EventEmitter {
   private captured = 0;
   private watch: ClusterWatch | undefined;
   private prober: HealthProber | undefined;
+  /** Why the last stream to the collector ended (for readiness). */
+  lastDisconnect: string | undefined;
 
   constructor(private readonly agent: Agent, private readonly options: CollectorOutputOptions) {
     super();
@@ -62,7 +64,10 @@ export class CollectorOutput extends EventEmitter {
     });
     this.client = client;
     client.on('connected', () => this.emit('status', { event: 'connected', collector: this.options.target }));
-    client.on('disconnected', (reason: unknown) => this.emit('status', { event: 'disconnected', collector: this.options.target, reason: String(reason) }));
+    client.on('disconnected', (reason: unknown) => {
+      this.lastDisconnect = String(reason);
+      this.emit('status', { event: 'disconnected', collector: this.options.target, reason: String(reason) });
+    });
     if (this.options.kubernetes) await this.startHealthChecks(this.options.kubernetes, net.addresses, client);
     agent.flowSink = (buf, off) => {
       const ev = hopEventFromRecord(buf, off, (i) => agent.interfaceName(i), (n) => this.network.deliversLocally(n));
@@ -101,6 +106,16 @@ export class CollectorOutput extends EventEmitter {
 
   stats() {
     return { captured: this.captured, ...this.client?.stats() };
+  }
+
+  /** The collector address this output streams to. */
+  get target(): string {
+    return this.options.target;
+  }
+
+  /** What the stream client lost, by stage (empty before start()). */
+  clientLoss(): Partial<ReturnType<CollectorStreamClient['lossCounts']>> {
+    return this.client?.lossCounts() ?? {};
   }
 
   /** Stops capture (filters detached), then sends what is queued; returns events never acknowledged. */

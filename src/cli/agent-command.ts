@@ -6,6 +6,10 @@ import { UsageError } from '../util/errors.js';
 import { JsonLineEncoder } from '../agent/json-line-encoder.js';
 import { CollectorOutput, type CollectorOutputOptions } from '../agent/collector-output.js';
 import { loadKubeConfig } from '../k8s/kube-config.js';
+import { Logger } from '../observability/log.js';
+import { Conditions, startMetricsServer, type MetricsServer } from '../observability/metrics-server.js';
+import { newRegistry } from '../observability/registry.js';
+import { agentReadiness, registerAgentMetrics } from '../observability/agent-metrics.js';
 
 export function registerAgentCommand(program: Command): void {
   program
@@ -40,6 +44,8 @@ export function registerAgentCommand(program: Command): void {
     .option('--kubernetes', 'watch Kubernetes (in-cluster, else $KUBECONFIG or ~/.kube/config) and read this node\'s health-check node ports')
     .option('--kubeconfig <path>', 'the same through this kubeconfig (e.g. the lab\'s: natlens lab api-server)')
     .option('--health-check-interval <duration>', 'read health-check node ports this often (default 2s)')
+    .option('--metrics-listen <host:port>', 'serve /metrics, /healthz and /readyz here (env NATLENS_METRICS_LISTEN; default: off)')
+    .addOption(new Option('--log-level <level>', 'least severe log lines written to stderr (env NATLENS_LOG_LEVEL; default info)').choices(['debug', 'info', 'warn', 'error']))
     .addHelpText(
       'after',
       '\nExamples:\n' +
@@ -65,14 +71,17 @@ export function registerAgentCommand(program: Command): void {
         queueEvents: opts.queueEvents as string | undefined,
         kubernetes: opts.kubernetes as boolean | undefined, kubeconfig: opts.kubeconfig as string | undefined,
         healthIntervalMs: opts.healthCheckInterval as string | undefined,
+        metricsListen: opts.metricsListen as string | undefined, logLevel: opts.logLevel as string | undefined,
       }, process.env, { drainMs: '--drain', dropAfterMs: '--drop-after', statsIntervalMs: '--stats-interval', healthIntervalMs: '--health-check-interval' });
       if (!opts.stdout === !cfg.collector) throw new UsageError('agent: choose one output: --collector HOST:PORT or --stdout');
       const kubernetes = cfg.kubernetes || cfg.kubeconfig
         ? { kubeConfig: loadKubeConfig({ kubeconfig: cfg.kubeconfig }), healthIntervalMs: cfg.healthIntervalMs }
         : undefined;
       if (kubernetes && !cfg.collector) throw new UsageError('agent: --kubernetes/--kubeconfig need --collector (health-check readings go to the collector)');
-      if (cfg.collector) await runAgentToCollector(new Agent(cfg), cfg.collector, cfg.batchEvents, cfg.queueEvents, kubernetes);
-      else await runAgentToStdout(new Agent(cfg));
+      const log = new Logger('agent', { level: cfg.logLevel });
+      const observe = { log, metricsListen: cfg.metricsListen };
+      if (cfg.collector) await runAgentToCollector(new Agent(cfg), cfg.collector, cfg.batchEvents, cfg.queueEvents, kubernetes, observe);
+      else await runAgentToStdout(new Agent(cfg), observe);
     });
 }
 
@@ -82,7 +91,8 @@ export function registerAgentCommand(program: Command): void {
  * reader wake-up each. When stdout cannot keep up, capture is paused; the kernel then counts
  * what it could not buffer.
  */
-export async function runAgentToStdout(agent: Agent): Promise<void> {
+export async function runAgentToStdout(agent: Agent, observe: AgentObservability = {}): Promise<void> {
+  const log = observe.log ?? new Logger('agent');
   const out = process.stdout;
   const encoder = new JsonLineEncoder(agent.options.node, (i) => agent.interfaceName(i));
   let paused = false;
@@ -114,7 +124,8 @@ export async function runAgentToStdout(agent: Agent): Promise<void> {
     encoder.appendLine(serializeEvent(ev));
     scheduleFlush();
   });
-  agent.on('warn', (msg: string) => process.stderr.write(`natlens agent: warning: ${msg}\n`));
+  agent.on('warn', (msg: string) => log.warn('warn', { msg }));
+  const metrics = await startAgentMetrics(agent, undefined, observe, log);
   let stopping = false;
   const stop = (): void => {
     if (stopping) return;
@@ -124,18 +135,40 @@ export async function runAgentToStdout(agent: Agent): Promise<void> {
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
   out.on('error', stop); // EPIPE: the reader went away
-  await agent.start();
-  const code = await agent.wait();
-  flush();
-  process.off('SIGINT', stop);
-  process.off('SIGTERM', stop);
-  if (!stopping && code !== 0) process.exitCode = 1;
-  if (!stopping) process.stderr.write(`natlens agent: natlens-probe exited unexpectedly (code ${code})\n`);
+  try {
+    await agent.start();
+    const code = await agent.wait();
+    flush();
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+    if (!stopping && code !== 0) process.exitCode = 1;
+    if (!stopping) log.error('probe-exited', { msg: `natlens-probe exited unexpectedly (code ${code})`, code });
+  } finally {
+    await metrics?.close();
+  }
 }
 
-const logStatus = (fields: Record<string, unknown>): void => {
-  process.stderr.write(`${JSON.stringify({ ...fields, ts: new Date().toISOString() })}\n`);
-};
+/** The agent's own logs and metrics endpoint (off unless metricsListen is set). */
+export interface AgentObservability {
+  log?: Logger;
+  metricsListen?: string;
+}
+
+/** Serves the agent's /metrics, /healthz and /readyz when asked to; logs where. */
+async function startAgentMetrics(agent: Agent, output: CollectorOutput | undefined, observe: AgentObservability, log: Logger): Promise<MetricsServer | undefined> {
+  if (!observe.metricsListen) return undefined;
+  const registry = newRegistry({ processMetrics: true });
+  const readiness = new Conditions();
+  registerAgentMetrics(registry, agent, output);
+  agentReadiness(readiness, agent, output);
+  const server = await startMetricsServer({ listen: observe.metricsListen, registry, readiness });
+  log.info('metrics-listening', { address: observe.metricsListen, port: server.port });
+  return server;
+}
+
+/** Status events of the collector output: a lost stream is worth a warning, the rest is information. */
+const statusLevel = (event: unknown): 'info' | 'warn' =>
+  event === 'disconnected' || (typeof event === 'string' && /error|expired/.test(event)) ? 'warn' : 'info';
 
 /** Streams to a collector until SIGTERM/SIGINT, then drains what is queued (up to 5 s). */
 export async function runAgentToCollector(
@@ -144,13 +177,19 @@ export async function runAgentToCollector(
   batchEvents: number,
   queueEvents: number,
   kubernetes?: CollectorOutputOptions['kubernetes'],
+  observe: AgentObservability = {},
 ): Promise<void> {
+  const log = observe.log ?? new Logger('agent');
   const output = new CollectorOutput(agent, { target, batchEvents, queueEvents, kubernetes });
-  output.on('status', logStatus);
-  agent.on('warn', (msg: string) => logStatus({ event: 'warn', msg }));
+  output.on('status', (fields: Record<string, unknown>) => log.log(statusLevel(fields.event), String(fields.event), fields));
+  agent.on('warn', (msg: string) => log.warn('warn', { msg }));
   agent.on('event', (ev: AgentEvent) => {
-    if (ev.type === 'ready') logStatus({ event: 'ready', node: ev.node, mode: ev.mode, interfaces: ev.interfaces });
+    if (ev.type === 'ready') log.info('ready', { node: ev.node, mode: ev.mode, interfaces: ev.interfaces });
   });
+  const metrics = await startAgentMetrics(agent, output, observe, log);
+  // --log-level debug: the stream's counters now and then (info stays quiet while all is well).
+  const statsTimer = log.enabled('debug') ? setInterval(() => log.debug('stats', output.stats()), agent.options.statsIntervalMs) : undefined;
+  statsTimer?.unref();
   let stopping = false;
   const stopped = new Promise<void>((resolve) => {
     const stop = (): void => {
@@ -162,9 +201,14 @@ export async function runAgentToCollector(
     process.once('SIGTERM', stop);
     agent.once('exit', stop);
   });
-  await output.start();
-  await stopped;
-  const unacked = await output.stop();
-  logStatus({ event: 'stopped', ...output.stats(), unacked });
-  if (unacked > 0) process.exitCode = 1;
+  try {
+    await output.start();
+    await stopped;
+    const unacked = await output.stop();
+    log.log(unacked > 0 ? 'warn' : 'info', 'stopped', { ...output.stats(), unacked });
+    if (unacked > 0) process.exitCode = 1;
+  } finally {
+    clearInterval(statsTimer);
+    await metrics?.close();
+  }
 }

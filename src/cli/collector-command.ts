@@ -1,4 +1,4 @@
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 import { Collector } from '../collector/collector.js';
 import { PeerRing } from '../collector/peer-ring.js';
 import { ClickHouseStore } from '../collector/store/clickhouse-store.js';
@@ -9,6 +9,10 @@ import { ClusterMetadata } from '../k8s/cluster-metadata.js';
 import { ClusterWatch } from '../k8s/cluster-watch.js';
 import { loadKubeConfig } from '../k8s/kube-config.js';
 import { NATLENS_VERSION } from '../util/paths.js';
+import { Logger } from '../observability/log.js';
+import { Conditions, startMetricsServer, type MetricsServer } from '../observability/metrics-server.js';
+import { newRegistry } from '../observability/registry.js';
+import { CollectorMetrics } from '../observability/collector-metrics.js';
 
 export function registerCollectorCommand(program: Command): void {
   program
@@ -33,6 +37,8 @@ export function registerCollectorCommand(program: Command): void {
     .option('--flush-interval <duration>', 'store received events at least this often (default 250ms)')
     .option('--kubernetes', 'watch Kubernetes (in-cluster, else $KUBECONFIG or ~/.kube/config): pod and Service names, Service history for etp')
     .option('--kubeconfig <path>', 'watch Kubernetes through this kubeconfig (e.g. the lab\'s: natlens lab api-server)')
+    .option('--metrics-listen <host:port>', 'serve /metrics, /healthz and /readyz here (env NATLENS_METRICS_LISTEN; default: off)')
+    .addOption(new Option('--log-level <level>', 'least severe log lines written to stderr (env NATLENS_LOG_LEVEL; default info)').choices(['debug', 'info', 'warn', 'error']))
     .addHelpText('after',
       '\nExamples:\n' +
         '  natlens collector --data /var/lib/natlens                       # embedded store\n' +
@@ -46,14 +52,11 @@ export function registerCollectorCommand(program: Command): void {
         listen: opts.listen, data: opts.data, clickhouseUrl: opts.clickhouseUrl, database: opts.database, ttlDays: opts.ttlDays,
         id: opts.id, peers: opts.peers, holdMs: opts.hold, windowMs: opts.window, retentionMs: opts.retention, flushMs: opts.flushInterval,
         kubernetes: opts.kubernetes as string | boolean | undefined, kubeconfig: opts.kubeconfig,
+        metricsListen: opts.metricsListen, logLevel: opts.logLevel,
       }, process.env, { holdMs: '--hold', windowMs: '--window', retentionMs: '--retention', flushMs: '--flush-interval' });
       await runCollector(cfg);
     });
 }
-
-const status = (event: string, fields: Record<string, unknown> = {}): void => {
-  process.stderr.write(`${JSON.stringify({ event, ...fields, ts: new Date().toISOString() })}\n`);
-};
 
 export interface CollectorService {
   collector: Collector;
@@ -66,15 +69,25 @@ export interface CollectorService {
   close(): Promise<void>;
 }
 
+/** How the service reports on itself: its log, and its metrics when they are served. */
+export interface CollectorObservability {
+  log?: Logger;
+  metrics?: CollectorMetrics;
+}
+
 /** Store + collector + gRPC server from one configuration: `natlens collector` and the demo. */
-export async function startCollectorService(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): Promise<CollectorService> {
+export async function startCollectorService(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>, observe: CollectorObservability = {}): Promise<CollectorService> {
+  const { metrics } = observe;
+  const log = observe.log ?? new Logger('collector');
   if (!cfg.data === !cfg.clickhouseUrl) throw new UsageError('collector: give exactly one store: --data DIR (embedded) or --clickhouse-url URL');
   const ring = new PeerRing(cfg.id, PeerRing.parsePeers(cfg.peers));
   const store = await ClickHouseStore.open({ dataDir: cfg.data, url: cfg.clickhouseUrl, database: cfg.database, ttlDays: cfg.ttlDays });
+  metrics?.observeStore(store);
   const collector = new Collector({
     ring, store, version: NATLENS_VERSION, flushIntervalMs: cfg.flushMs, maxBufferedHops: 500_000,
     stitcher: { holdMs: cfg.holdMs, windowMs: cfg.windowMs, retentionMs: cfg.retentionMs, maxChains: 2_000_000 },
   });
+  metrics?.observeCollector(collector);
   collector.start();
   let server: TransportServer;
   let watch: ClusterWatch | undefined;
@@ -88,11 +101,11 @@ export async function startCollectorService(cfg: ConfigOf<typeof COLLECTOR_SETTI
         kubeConfig: loadKubeConfig({ kubeconfig: cfg.kubeconfig }),
         resources: ['Pod', 'Service', 'EndpointSlice', 'Node'],
         metadata,
-        log: (fields) => status('k8s', fields),
+        log: (fields) => log.child('k8s').log(/error|expired/.test(String(fields.event)) ? 'warn' : 'info', String(fields.event ?? 'k8s'), fields),
       });
     }
     server = await startTransportServer({
-      listen: cfg.listen, agentSink: collector, querySink: collector, collectorId: cfg.id,
+      listen: cfg.listen, agentSink: metrics ? metrics.agentSink(collector) : collector, querySink: metrics ? metrics.querySink(collector) : collector, collectorId: cfg.id,
       maxBatchEvents: cfg.maxBatchEvents, maxMessageBytes: cfg.maxMessageBytes,
       // Acks wait for the store (a few hundred ms): keep enough batches in flight to cover that.
       maxInflightBatchesPerStream: 64,
@@ -115,23 +128,48 @@ export async function startCollectorService(cfg: ConfigOf<typeof COLLECTOR_SETTI
 }
 
 export async function runCollector(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): Promise<void> {
-  const service = await startCollectorService(cfg);
+  const log = new Logger('collector', { level: cfg.logLevel });
+  // The endpoint comes up first: /healthz answers while the store opens (which can take a while), /readyz says why not yet.
+  const readiness = new Conditions();
+  readiness.set('store', () => 'opening the store');
+  readiness.set('server', () => 'not listening yet');
+  const metrics = cfg.metricsListen ? new CollectorMetrics(newRegistry({ processMetrics: true })) : undefined;
+  let endpoint: MetricsServer | undefined;
+  if (metrics && cfg.metricsListen) {
+    endpoint = await startMetricsServer({ listen: cfg.metricsListen, registry: metrics.registry, readiness });
+    log.info('metrics-listening', { address: cfg.metricsListen, port: endpoint.port });
+  }
+  let service: CollectorService;
+  try {
+    service = await startCollectorService(cfg, { log, metrics });
+  } catch (err) {
+    await endpoint?.close();
+    throw err;
+  }
   const { collector, server, ring } = service;
-  collector.on('warn', (msg: string) => status('warn', { msg }));
-  status('listening', { address: cfg.listen, port: server.port, id: cfg.id, store: cfg.data ? { embedded: cfg.data } : { url: redact(cfg.clickhouseUrl!) }, peers: ring.peers.map((p) => p.id) });
-  const statsTimer = setInterval(() => status('stats', collector.stats()), 10_000);
+  const pings = metrics?.storeReadiness(readiness, collector, service.store);
+  readiness.set('server', () => null);
+  collector.on('warn', (msg: string) => log.warn('warn', { msg }));
+  log.info('listening', { address: cfg.listen, port: server.port, id: cfg.id, store: cfg.data ? { embedded: cfg.data } : { url: redact(cfg.clickhouseUrl!) }, peers: ring.peers.map((p) => p.id) });
+  const statsTimer = setInterval(() => log.info('stats', collector.stats()), 10_000);
   statsTimer.unref();
   await new Promise<void>((resolve) => {
     const stop = (sig: string): void => {
-      status('stopping', { signal: sig });
+      log.info('stopping', { signal: sig });
+      readiness.set('server', () => 'shutting down');
       resolve();
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });
   clearInterval(statsTimer);
-  await service.close();
-  status('stopped', collector.stats());
+  pings?.stop();
+  try {
+    await service.close();
+  } finally {
+    await endpoint?.close();
+  }
+  log.info('stopped', collector.stats());
 }
 
 function redact(url: string): string {

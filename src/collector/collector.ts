@@ -125,6 +125,7 @@ export class Collector extends EventEmitter {
   private readonly batchIds = new Map<string, Map<bigint, Promise<void>>>();
   private readonly queryClients = new Map<string, QueryClient>();
   private storeFailures = 0;
+  private lastStoreError = '';
   private closed = false;
   readonly counters = { batches: 0, duplicateBatches: 0, events: 0, forwardedEvents: 0, storedHops: 0, storedConnections: 0, storeErrors: 0 };
 
@@ -332,6 +333,7 @@ export class Collector extends EventEmitter {
 
   private storeFailed(err: Error): void {
     this.counters.storeErrors++;
+    this.lastStoreError = err.message;
     if (this.storeFailures++ % 20 === 0) this.emit('warn', `store: ${err.message}; retrying`);
   }
 
@@ -524,6 +526,14 @@ export class Collector extends EventEmitter {
   }
 
   // ---- lifecycle ----
+
+  /** Why this collector cannot take batches now (empty: it can): shutting down, or its last store attempt failed. */
+  readiness(): string[] {
+    const unmet: string[] = [];
+    if (this.closed) unmet.push('shutting down');
+    if (this.storeFailures > 0) unmet.push(`store failing (${this.storeFailures} attempts in a row): ${this.lastStoreError}`);
+    return unmet;
+  }
 
   stats() {
     return { ...this.counters, bufferedHops: this.hops.length, stitcher: this.stitcher.stats() };

@@ -68,6 +68,10 @@ export interface StitcherStats {
   pending: number;
   retained: number;
   evicted: number;
+  /** Records emitted, by status (a connection stored unstitched, then completed, counts in both). */
+  complete: number;
+  unstitched: number;
+  superseded: number;
 }
 
 export class Stitcher {
@@ -78,7 +82,7 @@ export class Stitcher {
   private retained: Chain[] = [];
   private retainedHead = 0;
   private readonly out: ConnectionRecord[] = [];
-  readonly counters = { hops: 0, duplicates: 0, links: 0, ambiguous: 0, emitted: 0, reemitted: 0, evicted: 0 };
+  readonly counters = { hops: 0, duplicates: 0, links: 0, ambiguous: 0, emitted: 0, reemitted: 0, evicted: 0, complete: 0, unstitched: 0, superseded: 0 };
 
   constructor(
     private readonly nodeOf: NodeAddressBook,
@@ -185,6 +189,7 @@ export class Stitcher {
     if (loser.emitted && loser.connId !== winner.connId) {
       this.out.push({ ...loser.emitted, version: recordVersion('superseded', 0, loser.version + 1), status: 'superseded' });
       this.counters.reemitted++;
+      this.counters.superseded++;
     }
     loser.dead = true;
     this.pending.delete(loser);
@@ -224,6 +229,7 @@ export class Stitcher {
     } else {
       this.counters.reemitted++;
     }
+    this.counters[rec.status]++;
     if (rec.status === 'complete') {
       // It cannot grow (its first hop saw the client, its last the pod): forget it now.
       this.unindex(chain);

@@ -68,6 +68,8 @@ export interface CollectorStreamClientStats {
   ackedEvents: number;
   /** Batch writes, resends included. */
   sentBatches: number;
+  /** Events written in those batches, resends included. */
+  sentEvents: number;
   /** Events push() dropped because the queue was full (queue_overflow). */
   overflowEvents: number;
   /** Events dropped because they break the contract (invalid_event) or the collector refused them (collector_rejected). */
@@ -161,7 +163,7 @@ export class CollectorStreamClient extends EventEmitter {
   private pushed = 0;
   /** The client's loss counts in the last LossReport encoded. */
   private lossSent = { overflow: 0, invalid: 0, rejected: 0 };
-  private counters = { ackedBatches: 0, ackedEvents: 0, sentBatches: 0, overflow: 0, invalid: 0, rejected: 0, reconnects: 0, healthOverflow: 0 };
+  private counters = { ackedBatches: 0, ackedEvents: 0, sentBatches: 0, sentEvents: 0, overflow: 0, invalid: 0, rejected: 0, reconnects: 0, healthOverflow: 0 };
 
   constructor(options: CollectorStreamClientOptions) {
     super();
@@ -297,6 +299,7 @@ export class CollectorStreamClient extends EventEmitter {
       ackedBatches: this.counters.ackedBatches,
       ackedEvents: this.counters.ackedEvents,
       sentBatches: this.counters.sentBatches,
+      sentEvents: this.counters.sentEvents,
       overflowEvents: this.counters.overflow,
       rejectedEvents: this.counters.invalid + this.counters.rejected,
       reconnects: this.counters.reconnects,
@@ -380,15 +383,15 @@ export class CollectorStreamClient extends EventEmitter {
         this.programmingError(err);
       }
     }
-    const add = (stage: string, n: number): void => {
-      if (n > 0) lost[stage] = (lost[stage] ?? 0n) + BigInt(n);
-    };
     this.lossSent = { overflow: this.counters.overflow, invalid: this.counters.invalid, rejected: this.counters.rejected };
-    add('queue_overflow', this.counters.overflow);
-    add('health_overflow', this.counters.healthOverflow);
-    add('invalid_event', this.counters.invalid);
-    add('collector_rejected', this.counters.rejected);
+    for (const [stage, n] of Object.entries(this.lossCounts())) if (n > 0) lost[stage] = (lost[stage] ?? 0n) + BigInt(n);
     return { lost, captured, node: '', agentId: '' };
+  }
+
+  /** What this client lost, by stage, as its LossReports name the stages (cumulative). */
+  lossCounts(): Record<'queue_overflow' | 'health_overflow' | 'invalid_event' | 'collector_rejected', number> {
+    const c = this.counters;
+    return { queue_overflow: c.overflow, health_overflow: c.healthOverflow, invalid_event: c.invalid, collector_rejected: c.rejected };
   }
 
   /** Writes pending batches while the stream is welcomed, writable and under the in-flight bound. */
@@ -431,6 +434,7 @@ export class CollectorStreamClient extends EventEmitter {
       s.inflight.set(seq, batch);
       s.nextSeq = seq + 1n;
       this.counters.sentBatches++;
+      this.counters.sentEvents += batch.events.length;
       if (!s.call.write(buf)) {
         s.waitingDrain = true;
         s.call.once('drain', () => {

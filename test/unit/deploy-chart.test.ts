@@ -142,6 +142,8 @@ const ALL_RENDERS: Array<[string, Parameters<typeof renderChart>[0]]> = [
   }],
   ['capture filters, bpffs off, a collector elsewhere', { set: ['agent.capture.ifaces=^(eth|ens)', 'agent.capture.excludeIfaces=^lxc', 'agent.bpffs=false', 'agent.collectorAddress=collector.example:7070', 'agent.capture.mode=ctnetlink'] }],
   ['createNamespace=true, other release names', { set: ['createNamespace=true', 'fullnameOverride=nl'] }],
+  ['metrics off', { set: ['agent.metrics.enabled=false', 'collector.metrics.enabled=false'] }],
+  ['metrics on other ports, debug logs, annotations', { set: ['agent.metrics.port=19469', 'collector.metrics.port=19470', 'agent.logLevel=debug', 'collector.logLevel=warn', 'collector.replicas=2'], values: { agent: { podAnnotations: { 'prometheus.io/scrape': 'false', team: 'net' } } } }],
 ];
 
 const AGENT_CAPS = ['BPF', 'NET_ADMIN', 'PERFMON', 'SYS_RESOURCE'];
@@ -269,6 +271,76 @@ describe('helm chart deploy/helm/natlens', () => {
     });
   });
 
+  describe('own metrics, health and logs', () => {
+    const workloads = (r: Rendered): [[string, Obj, Obj], [string, Obj, Obj]] => [
+      ['agent', find(r, 'DaemonSet'), container(find(r, 'DaemonSet'), 'agent')],
+      ['collector', find(r, r.objects.some((o) => o.kind === 'Deployment') ? 'Deployment' : 'StatefulSet', 'natlens-collector'), container(find(r, r.objects.some((o) => o.kind === 'Deployment') ? 'Deployment' : 'StatefulSet', 'natlens-collector'), 'collector')],
+    ];
+
+    it.each<[string, Parameters<typeof renderChart>[0], Record<string, number>]>([
+      ['default values', {}, { agent: 9469, collector: 9470 }],
+      ['other ports', { set: ['agent.metrics.port=19469', 'collector.metrics.port=19470'] }, { agent: 19469, collector: 19470 }],
+    ])('serves /metrics, probes /healthz (liveness) and /readyz (readiness) on the port NATLENS_METRICS_LISTEN binds (%s)', (_name, opts, ports) => {
+      for (const [component, workload, c] of workloads(renderChart(opts))) {
+        const port = ports[component]!;
+        const listen = env(c).get('NATLENS_METRICS_LISTEN')!.value as string;
+        expect(listen, component).toBe(`0.0.0.0:${port}`);
+        const settings = component === 'agent' ? AGENT_SETTINGS : COLLECTOR_SETTINGS;
+        expect(settings.metricsListen.parse(listen, 'NATLENS_METRICS_LISTEN'), component).toBe(listen);
+        const metricsPort = (c.ports as Obj[]).find((p) => p.name === 'metrics');
+        expect(metricsPort, component).toEqual({ name: 'metrics', containerPort: port, protocol: 'TCP' });
+        expect(c.livenessProbe.httpGet, component).toEqual({ path: '/healthz', port: 'metrics' });
+        expect(c.readinessProbe.httpGet, component).toEqual({ path: '/readyz', port: 'metrics' });
+        expect(c.livenessProbe.tcpSocket, component).toBeUndefined();
+        expect(c.readinessProbe.periodSeconds, component).toBeLessThanOrEqual(10);
+        expect(c.livenessProbe.timeoutSeconds, component).toBeGreaterThanOrEqual(1);
+        expect(workload.spec.template.metadata.annotations, component).toEqual({ 'prometheus.io/scrape': 'true', 'prometheus.io/port': String(port), 'prometheus.io/path': '/metrics' });
+      }
+    });
+
+    it('lets Prometheus find the collector through its Service too', () => {
+      const svc = find(renderChart({ set: ['collector.metrics.port=19470'] }), 'Service', 'natlens-collector');
+      expect(svc.metadata.annotations).toEqual({ 'prometheus.io/scrape': 'true', 'prometheus.io/port': '19470', 'prometheus.io/path': '/metrics' });
+      const port = (svc.spec.ports as Obj[]).find((p) => p.name === 'metrics');
+      expect(port).toEqual({ name: 'metrics', port: 19470, targetPort: 'metrics', protocol: 'TCP' });
+    });
+
+    it('with metrics off: no port, no annotations, no HTTP probes (the collector falls back to its gRPC port)', () => {
+      const r = renderChart({ set: ['agent.metrics.enabled=false', 'collector.metrics.enabled=false'] });
+      for (const [component, workload, c] of workloads(r)) {
+        expect(env(c).has('NATLENS_METRICS_LISTEN'), component).toBe(false);
+        expect(((c.ports ?? []) as Obj[]).some((p) => p.name === 'metrics'), component).toBe(false);
+        expect(workload.spec.template.metadata.annotations, component).toBeUndefined();
+      }
+      const [[, , agent], [, , collector]] = workloads(r);
+      expect(agent.livenessProbe).toBeUndefined();
+      expect(agent.readinessProbe).toBeUndefined();
+      expect(collector.readinessProbe).toEqual({ tcpSocket: { port: 'grpc' }, periodSeconds: 5 });
+      expect(collector.livenessProbe.tcpSocket).toEqual({ port: 'grpc' });
+      const svc = find(r, 'Service', 'natlens-collector');
+      expect(svc.metadata.annotations).toBeUndefined();
+      expect(svc.spec.ports.map((p: Obj) => p.name)).toEqual(['grpc']);
+    });
+
+    it('keeps the user\'s pod annotations, which win over the scrape ones', () => {
+      const r = renderChart({ values: { agent: { podAnnotations: { 'prometheus.io/scrape': 'false', team: 'net' } }, collector: { podAnnotations: { a: 'b' } } } });
+      const [[, agent], [, collector]] = workloads(r);
+      expect(agent.spec.template.metadata.annotations).toEqual({ 'prometheus.io/scrape': 'false', 'prometheus.io/port': '9469', 'prometheus.io/path': '/metrics', team: 'net' });
+      expect(collector.spec.template.metadata.annotations).toMatchObject({ 'prometheus.io/scrape': 'true', a: 'b' });
+      const off = renderChart({ set: ['agent.metrics.enabled=false'], values: { agent: { podAnnotations: { team: 'net' } } } });
+      expect(find(off, 'DaemonSet').spec.template.metadata.annotations).toEqual({ team: 'net' });
+    });
+
+    it('sets the log level through NATLENS_LOG_LEVEL, a value natlens accepts', () => {
+      const r = renderChart({ set: ['agent.logLevel=debug', 'collector.logLevel=warn'] });
+      const [[, , agent], [, , collector]] = workloads(r);
+      expect(env(agent).get('NATLENS_LOG_LEVEL')!.value).toBe('debug');
+      expect(env(collector).get('NATLENS_LOG_LEVEL')!.value).toBe('warn');
+      expect(env(container(find(defaults, 'DaemonSet'), 'agent')).get('NATLENS_LOG_LEVEL')!.value).toBe('info');
+      expect(() => AGENT_SETTINGS.logLevel.parse('debug', 'NATLENS_LOG_LEVEL')).not.toThrow();
+    });
+  });
+
   describe('RBAC', () => {
     it('grants each component only get/list/watch on pods, nodes, services and endpointslices', () => {
       for (const component of ['natlens-agent', 'natlens-collector']) {
@@ -293,12 +365,12 @@ describe('helm chart deploy/helm/natlens', () => {
   describe('collector', () => {
     it('serves gRPC on 7070 behind the natlens-collector Service', () => {
       const svc = find(defaults, 'Service', 'natlens-collector');
-      expect(svc.spec.ports).toEqual([{ name: 'grpc', port: 7070, targetPort: 'grpc', protocol: 'TCP' }]);
+      expect(svc.spec.ports).toEqual([{ name: 'grpc', port: 7070, targetPort: 'grpc', protocol: 'TCP' }, { name: 'metrics', port: 9470, targetPort: 'metrics', protocol: 'TCP' }]);
       const dep = find(defaults, 'Deployment', 'natlens-collector');
       expect(dep.spec.replicas).toBe(1);
       for (const [k, v] of Object.entries(svc.spec.selector as Record<string, string>)) expect(dep.spec.template.metadata.labels[k]).toBe(v);
       const c = container(dep, 'collector');
-      expect(c.ports).toEqual([{ name: 'grpc', containerPort: 7070, protocol: 'TCP' }]);
+      expect(c.ports).toEqual([{ name: 'grpc', containerPort: 7070, protocol: 'TCP' }, { name: 'metrics', containerPort: 9470, protocol: 'TCP' }]);
       expect(c.args).toEqual(['collector']);
       const vars = env(c);
       expect(vars.get('NATLENS_LISTEN')!.value).toBe('0.0.0.0:7070');
@@ -434,6 +506,10 @@ describe('helm chart deploy/helm/natlens', () => {
       ['collector.service.port', 70000, '/collector/service/port'],
       ['collector.database', 'drop table', '/collector/database'],
       ['clickhouse.statefulset.password', 'p@ss/word', '/clickhouse/statefulset/password'],
+      ['agent.metrics.port', 0, '/agent/metrics/port'],
+      ['collector.metrics.port', 70000, '/collector/metrics/port'],
+      ['agent.metrics.enabled', 'yes', '/agent/metrics/enabled'],
+      ['collector.logLevel', 'loud', '/collector/logLevel'],
     ])('rejects %s = %j, naming the field', (path, value, where) => {
       expect(errorsOf(patched(path, value))).toContain(where);
     });

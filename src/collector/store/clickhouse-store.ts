@@ -145,6 +145,8 @@ export class ClickHouseStore {
   readonly #inflight = new Set<Promise<unknown>>();
   #closed = false;
   #fileSeq = 0;
+  /** Told of every insert that ran: table, seconds taken, whether it failed (the collector's metrics). */
+  onInsert: ((table: string, seconds: number, failed: boolean) => void) | undefined;
 
   private constructor(client: ClickHouseClient, backend: Backend, database: string) {
     this.#client = client;
@@ -366,6 +368,11 @@ export class ClickHouseStore {
     return { total, byStage, nodes: nodes.map((n) => n.node) };
   }
 
+  /** A trivial query: the engine or server answers. Throws StoreError when it does not. */
+  async ping(): Promise<void> {
+    await this.#track('ping', () => this.#command('ping', 'SELECT 1'));
+  }
+
   /** Waits for operations in progress, then releases the engine (embedded) or the sockets (server). */
   async close(): Promise<void> {
     if (this.#closed) return;
@@ -399,6 +406,17 @@ export class ClickHouseStore {
   async #insert<R>(table: TableDef<R>, rows: readonly R[]): Promise<void> {
     if (rows.length === 0) return;
     const name = `${this.database}.${table.name}`;
+    const started = process.hrtime.bigint();
+    let failed = true;
+    try {
+      await this.#insertRows(table, rows, name);
+      failed = false;
+    } finally {
+      this.onInsert?.(table.name, Number(process.hrtime.bigint() - started) / 1e9, failed);
+    }
+  }
+
+  async #insertRows<R>(table: TableDef<R>, rows: readonly R[], name: string): Promise<void> {
     await this.#track(`insert into ${name}`, async () => {
       const w = this.#writers.pop() ?? new RowBinaryWriter(1 << 20);
       try {

@@ -6,10 +6,7 @@
 metadata:
   labels:
     {{- include "natlens.selectorLabels" (dict "ctx" . "component" "collector") | nindent 4 }}
-  {{- with $c.podAnnotations }}
-  annotations:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
+  {{- include "natlens.podAnnotations" (dict "annotations" $c.podAnnotations "metrics" $c.metrics) | nindent 2 }}
 spec:
   serviceAccountName: {{ include "natlens.collectorName" . }}
   # Stored data is flushed on SIGTERM before the store closes.
@@ -55,6 +52,12 @@ spec:
           value: {{ $c.database | quote }}
         - name: NATLENS_TTL_DAYS
           value: {{ int $c.ttlDays | quote }}
+        - name: NATLENS_LOG_LEVEL
+          value: {{ $c.logLevel | quote }}
+        {{- if $c.metrics.enabled }}
+        - name: NATLENS_METRICS_LISTEN
+          value: {{ printf "0.0.0.0:%d" (int $c.metrics.port) | quote }}
+        {{- end }}
         {{- if $embedded }}
         - name: NATLENS_DATA
           value: /var/lib/natlens
@@ -82,7 +85,26 @@ spec:
         - name: grpc
           containerPort: 7070
           protocol: TCP
-      # No HTTP endpoint: the gRPC port accepting connections means the store is open.
+        {{- if $c.metrics.enabled }}
+        - name: metrics
+          containerPort: {{ int $c.metrics.port }}
+          protocol: TCP
+      # /readyz: the store answers and gRPC is listening; /healthz: the process and its event loop.
+      readinessProbe:
+        httpGet:
+          path: /readyz
+          port: metrics
+        periodSeconds: 5
+        timeoutSeconds: 5
+      livenessProbe:
+        httpGet:
+          path: /healthz
+          port: metrics
+        initialDelaySeconds: 30
+        periodSeconds: 20
+        timeoutSeconds: 5
+        {{- else }}
+      # No HTTP endpoint (collector.metrics.enabled=false): the gRPC port accepting connections means the store is open.
       readinessProbe:
         tcpSocket:
           port: grpc
@@ -92,6 +114,7 @@ spec:
           port: grpc
         initialDelaySeconds: 30
         periodSeconds: 20
+        {{- end }}
       securityContext:
         allowPrivilegeEscalation: false
         readOnlyRootFilesystem: true

@@ -69,6 +69,47 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 helm.sh/chart: {{ include "natlens.chart" .ctx }}
 {{- end }}
 
+{{/*
+Pod annotations: prometheus.io/scrape, port and path when the component serves metrics, then the
+user's podAnnotations (which win). Call with (dict "annotations" .podAnnotations "metrics" .metrics).
+*/}}
+{{- define "natlens.podAnnotations" -}}
+{{- $out := dict }}
+{{- if .metrics.enabled }}
+{{- $_ := set $out "prometheus.io/scrape" "true" }}
+{{- $_ := set $out "prometheus.io/port" (toString (int .metrics.port)) }}
+{{- $_ := set $out "prometheus.io/path" "/metrics" }}
+{{- end }}
+{{- range $k, $v := .annotations }}
+{{- $_ := set $out $k $v }}
+{{- end }}
+{{- if $out }}
+annotations:
+  {{- toYaml $out | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* The container's metrics port and its liveness (/healthz) and readiness (/readyz) probes. Call with the component's .metrics. */}}
+{{- define "natlens.metricsPortAndProbes" -}}
+ports:
+  - name: metrics
+    containerPort: {{ int .port }}
+    protocol: TCP
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  initialDelaySeconds: 10
+  periodSeconds: 20
+  timeoutSeconds: 5
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: metrics
+  periodSeconds: 5
+  timeoutSeconds: 5
+{{- end }}
+
 {{/* Labels for cluster-scoped objects and the namespace: no component. */}}
 {{- define "natlens.commonLabels" -}}
 app.kubernetes.io/name: {{ include "natlens.name" . }}
