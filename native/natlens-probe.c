@@ -187,12 +187,11 @@ retry:
 	return fd;
 }
 
+/* Warns once: a heartbeat that cannot be written only costs the next agent its gap report. */
 static void state_save(void)
 {
-	int err = cs_write(g.lock_fd, &g.cs);
-
-	/* Warn once: a heartbeat that cannot be written only costs the next agent its gap report. */
 	static bool warned;
+	int err = cs_write(g.lock_fd, &g.cs);
 
 	if (err && !warned) {
 		ev_warn("cannot write the capture state into %s: %s", g_lock_path, errstr(err));

@@ -379,6 +379,7 @@ export class CollectorStreamClient extends EventEmitter {
    * event comes to carry them, so that a burst's loss or a restart's gap does not wait for traffic.
    */
   lossChanged(): void {
+    if (this.closed) return;
     this.lossDirty = true;
     if (this.open.length === 0) this.flush();
   }
