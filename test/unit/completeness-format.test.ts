@@ -2,7 +2,8 @@
 import { describe, expect, it } from 'vitest';
 import { captureFaultLines, captureFaultsJson } from '../../src/query/completeness-format.js';
 import { formatWho, whoJson } from '../../src/cli/who-command.js';
-import { createCompleteness, createCpuLoss, createNodeGap, createWhoResponse } from '../../src/transport/proto.generated.js';
+import { etpJson, formatEtp } from '../../src/query/etp-format.js';
+import { createCompleteness, createCpuLoss, createEtpResponse, createNodeGap, createWhoResponse } from '../../src/transport/proto.generated.js';
 
 const complete = createCompleteness({
   eventsLost: 20n, lostByStage: { ringbuf_full: 20n }, nodesReporting: ['node1', 'node2'], collectors: ['c1'],
@@ -35,5 +36,12 @@ describe('capture faults in completeness', () => {
     const text = formatWho(res);
     expect(text).toMatch(/complete: 20 events lost \(ringbuf_full 20\);.*\n {2}node1 lost 5 events: ringbuf_full on cpu0: 5\n {2}node2 lost 15 events: ringbuf_full on cpu0: 12, cpu1: 3\n {2}node2 was not capturing from 2025-12-09T19:56:19\.032329216Z to 2025-12-09T19:56:25\.000000001Z \(agent crashed\)\n$/);
     expect(whoJson(res).complete).toMatchObject({ events_lost: 20, lost_per_cpu: expect.arrayContaining([{ node: 'node1', cpu: 0, ringbuf_full: 5 }]), gaps: [{ node: 'node2', cause: 'crashed' }] });
+  });
+
+  it('natlens etp too', () => {
+    const res = createEtpResponse({ service: 'default/nodeport', since: '2025-12-09T19:00:00.000000000Z', complete });
+    expect(formatEtp(res)).toContain('\n  node2 was not capturing from 2025-12-09T19:56:19.032329216Z to 2025-12-09T19:56:25.000000001Z (agent crashed)\n');
+    expect(formatEtp(res)).toContain('\n  node2 lost 15 events: ringbuf_full on cpu0: 12, cpu1: 3\n');
+    expect(etpJson(res).complete).toMatchObject({ gaps: [{ node: 'node2', from: '2025-12-09T19:56:19.032329216Z' }], lost_per_cpu: expect.arrayContaining([{ node: 'node2', cpu: 1, ringbuf_full: 3 }]) });
   });
 });
