@@ -46,6 +46,7 @@ _Static_assert(sizeof(struct bpf_ct_opts) == NF_BPF_CT_OPTS_SZ, "bpf_ct_opts siz
 _Static_assert(sizeof(struct nl_event) == NL_RECORD_SIZE, "nl_event size");
 _Static_assert(sizeof(struct nl_stats) == NL_RECORD_SIZE, "nl_stats size");
 _Static_assert(sizeof(struct nl_proxy) == NL_RECORD_SIZE, "nl_proxy size");
+_Static_assert(sizeof(struct nl_cpu_loss) == NL_RECORD_SIZE, "nl_cpu_loss size");
 _Static_assert(__builtin_offsetof(struct nl_proxy, data) + NL_PROXY_DATA_MAX == NL_RECORD_SIZE,
 	       "nl_proxy data[] must end the record");
 _Static_assert(NL_PROXY_DATA_MAX >= 16 + 36, "a v2 header's IPv6 addresses must fit");
@@ -67,6 +68,7 @@ struct nl_btf_anchor {
 	struct nl_event event;
 	struct nl_stats stats;
 	struct nl_proxy proxy;
+	struct nl_cpu_loss cpu_loss;
 	struct nl_config config;
 	enum nl_record_kind kind;
 	enum nl_hook hook;

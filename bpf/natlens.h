@@ -23,7 +23,8 @@ enum nl_record_kind {
 	NL_KIND_END = 3,   /* conntrack destroyed the entry (ctnetlink DESTROY), with byte/packet counters */
 	NL_KIND_STATS = 4, /* periodic counters; the body is struct nl_stats, not struct nl_event */
 	NL_KIND_CT_NEW = 5, /* fallback capture: ctnetlink NEW event (no ISN, no interface) when tc + ct kfuncs are unavailable */
-	NL_KIND_PROXY = 6   /* the first data segment of a new TCP connection (tc egress) starts like a PROXY protocol header; body is struct nl_proxy */
+	NL_KIND_PROXY = 6,  /* the first data segment of a new TCP connection (tc egress) starts like a PROXY protocol header; body is struct nl_proxy */
+	NL_KIND_CPU_LOSS = 7 /* cumulative ring-buffer loss of some CPUs; body is struct nl_cpu_loss (CLI only, never in the ring) */
 };
 
 /* Where the record was observed. */
@@ -109,6 +110,23 @@ enum nl_counter {
 struct nl_stats {
 	struct nl_header hdr;
 	__u64 counter[NL_CTR_MAX];
+};
+
+/* CPUs one CPU_LOSS record covers: what is left of NL_RECORD_SIZE after the
+ * header (24) and the CPU range (8), in u64 counters. */
+#define NL_CPU_LOSS_SLOTS 12
+
+/* CPU_LOSS records: NL_CTR_RINGBUF_FULL per CPU, cumulative, in chunks of
+ * NL_CPU_LOSS_SLOTS CPUs. The CLI writes the chunks whose counts changed
+ * right before the STATS record they belong to, from the same reading of the
+ * per-CPU counters: after a STATS record, the latest count of every CPU sums
+ * to its counter[NL_CTR_RINGBUF_FULL]. */
+struct nl_cpu_loss {
+	struct nl_header hdr;   /* 0..23: kind = NL_KIND_CPU_LOSS, ts_ns as in STATS, the rest zero */
+	__u32 cpu_first;        /* 24: CPU number of ringbuf_full[0] */
+	__u16 cpu_count;        /* 28: entries of ringbuf_full[] in use (1..NL_CPU_LOSS_SLOTS), the rest zero */
+	__u16 cpu_total;        /* 30: possible CPUs; the chunks of a report cover 0..cpu_total-1 */
+	__u64 ringbuf_full[NL_CPU_LOSS_SLOTS]; /* 32..127: records lost because the ring was full, per CPU */
 };
 
 /* Load-time settings, the program's only .rodata variable (const volatile nl_cfg).

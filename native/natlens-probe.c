@@ -11,6 +11,7 @@
  */
 #define _GNU_SOURCE
 #include "natlens-probe.h"
+#include "capture-state.h"
 #include "ctnetlink.h"
 #include "tc-attach.h"
 #include "util.h"
@@ -75,7 +76,11 @@ static struct {
 	struct iface *ifs;
 	size_t n_ifs, cap_ifs;
 	int ncpus;
-} g = { .fd_ingress = -1, .fd_egress = -1, .fd_counters = -1, .fd_pending = -1 };
+	__u64 *cpu_full, *cpu_full_sent; /* per-CPU NL_CTR_RINGBUF_FULL: latest reading, last written */
+	int lock_fd;                /* the netns lock, which also holds the capture state */
+	struct capture_state cs;    /* what the lock file says about this run */
+	pid_t parent;               /* the agent that spawned us (a changed ppid means it died) */
+} g = { .fd_ingress = -1, .fd_egress = -1, .fd_counters = -1, .fd_pending = -1, .lock_fd = -1 };
 
 int exe_sibling(const char *name, char *out, size_t len)
 {
@@ -112,19 +117,20 @@ static int enter_netns(const char *path)
 
 static char g_lock_path[PATH_MAX];
 
-/* Removes the lock file while still holding the lock, then releases it. */
+/* Releases the lock. The file stays: it tells the next holder how this one
+ * ended and until when it captured (capture-state.h). Files of namespaces that
+ * are gone do not pile up: the kernel reuses netns inode numbers, and the next
+ * namespace with that number overwrites the file. */
 static void release_lock(int fd)
 {
-	if (fd < 0)
-		return;
-	if (g_lock_path[0])
-		unlink(g_lock_path);
-	close(fd);
+	if (fd >= 0)
+		close(fd);
 }
 
 /* One agent per netns: flock on a file named after the netns inode.
- * Returns the lock fd (kept open for life), -1 on error, -2 if held. */
-static int take_lock(const char *dir)
+ * Returns the lock fd (kept open for life), -1 on error, -2 if held. With
+ * `prev`, fills it with the state the previous holder left (CS_NONE if none). */
+static int take_lock(const char *dir, struct capture_state *prev)
 {
 	char path[PATH_MAX], pid[32] = "";
 	struct stat st;
@@ -176,10 +182,79 @@ retry:
 		}
 	}
 	snprintf(g_lock_path, sizeof(g_lock_path), "%s", path);
-	n = snprintf(pid, sizeof(pid), "%d\n", getpid());
-	if (ftruncate(fd, 0) < 0 || pwrite(fd, pid, n, 0) != n)
-		ev_warn("cannot write pid into %s: %s", path, errstr(errno));
+	if (prev && cs_read(fd, prev) < 0)
+		*prev = (struct capture_state){ 0 };
 	return fd;
+}
+
+/* Warns once: a heartbeat that cannot be written only costs the next agent its gap report. */
+static void state_save(void)
+{
+	static bool warned;
+	int err = cs_write(g.lock_fd, &g.cs);
+
+	if (err && !warned) {
+		ev_warn("cannot write the capture state into %s: %s", g_lock_path, errstr(err));
+		warned = true;
+	}
+}
+
+/* Takes over the namespace's capture state: the previous holder's heartbeat is
+ * kept until this run captures, so a run that dies before capturing does not
+ * hide the gap it inherited. */
+static void state_begin(const struct capture_state *prev)
+{
+	g.cs = (struct capture_state){ .pid = getpid(), .state = CS_STARTING,
+				       .netns_cookie = cs_netns_cookie() };
+	cs_boot_id(g.cs.boot_id, sizeof(g.cs.boot_id));
+	if (prev->state != CS_NONE && cs_same_namespace(prev, &g.cs))
+		g.cs.heartbeat_ns = prev->heartbeat_ns;
+	state_save();
+}
+
+/* Capture is live: reports the time nobody captured this namespace, if the
+ * state says it was captured before, then starts the heartbeat. */
+static void state_capturing(const struct capture_state *prev)
+{
+	__u64 now = clock_ns(CLOCK_REALTIME);
+
+	if (g.cs.heartbeat_ns && g.cs.heartbeat_ns <= now) {
+		const char *cause = "crashed", *why;
+		char reason[256];
+
+		switch (prev->state) {
+		case CS_STOPPED: cause = "stopped"; why = "was stopped"; break;
+		case CS_FAILED: cause = "failed"; why = "stopped on an error"; break;
+		case CS_AGENT_GONE: why = "lost its agent (the agent ended unexpectedly; the probe detached)"; break;
+		case CS_STARTING: why = "ended before it started capturing (killed or crashed)"; break;
+		default: why = "ended without detaching (killed or crashed)"; break;
+		}
+		snprintf(reason, sizeof(reason), "the previous natlens-probe (pid %ld) %s", prev->pid, why);
+		fprintf(stderr, "{\"event\":\"gap\",\"from_ns\":\"%llu\",\"to_ns\":\"%llu\",\"cause\":\"%s\","
+			"\"previous_pid\":%ld,\"previous_state\":\"%s\",\"reason\":",
+			(unsigned long long)g.cs.heartbeat_ns, (unsigned long long)now, cause, prev->pid,
+			cs_state_name(prev->state));
+		json_str(stderr, reason);
+		fputs("}\n", stderr);
+	}
+	g.cs.state = CS_RUNNING;
+	g.cs.started_ns = now;
+	g.cs.heartbeat_ns = now;
+	state_save();
+}
+
+/* The run is over and its filters are detached. */
+static void state_end(int ret, bool stopped_by_signal)
+{
+	if (g.cs.state == CS_RUNNING)
+		g.cs.heartbeat_ns = clock_ns(CLOCK_REALTIME);
+	if (g_stdout_gone || getppid() != g.parent)
+		g.cs.state = CS_AGENT_GONE;
+	else if (ret == EXIT_OK && stopped_by_signal)
+		g.cs.state = CS_STOPPED;
+	else
+		g.cs.state = CS_FAILED;
+	state_save();
 }
 
 /* Rewrites nl_cfg inside the .rodata initial image; its offset comes from
@@ -344,20 +419,54 @@ static size_t attached_count(void)
 	return n;
 }
 
+_Static_assert(sizeof(struct nl_cpu_loss) == NL_RECORD_SIZE, "nl_cpu_loss size");
+
+/* CPU_LOSS records for the chunks of CPUs whose ring-buffer loss moved since
+ * the last ones written; they precede the STATS record read with them. */
+static void emit_cpu_loss(__u64 ts_ns)
+{
+	for (int first = 0; first < g.ncpus; first += NL_CPU_LOSS_SLOTS) {
+		int count = g.ncpus - first < NL_CPU_LOSS_SLOTS ? g.ncpus - first : NL_CPU_LOSS_SLOTS;
+		struct nl_cpu_loss rec = { .hdr = { .kind = NL_KIND_CPU_LOSS, .ts_ns = ts_ns },
+					   .cpu_first = first, .cpu_count = count, .cpu_total = g.ncpus };
+
+		if (!memcmp(&g.cpu_full[first], &g.cpu_full_sent[first], count * sizeof(__u64)))
+			continue;
+		memcpy(rec.ringbuf_full, &g.cpu_full[first], count * sizeof(__u64));
+		memcpy(&g.cpu_full_sent[first], &g.cpu_full[first], count * sizeof(__u64));
+		out_put(&rec, sizeof(rec));
+	}
+}
+
 static void emit_stats(void)
 {
 	struct nl_stats st = { .hdr = { .kind = NL_KIND_STATS } };
 	__u64 percpu[g.ncpus > 0 ? g.ncpus : 1];
+	bool per_cpu = false;
 
 	for (__u32 i = 0; i < NL_CTR_MAX; i++) {
 		st.counter[i] = g.ctr[i];
-		if (g.fd_counters >= 0 && g.ncpus > 0 && bpf_map_lookup_elem(g.fd_counters, &i, percpu) == 0)
+		if (g.fd_counters >= 0 && g.ncpus > 0 && bpf_map_lookup_elem(g.fd_counters, &i, percpu) == 0) {
 			for (int c = 0; c < g.ncpus; c++)
 				st.counter[i] += percpu[c];
+			/* Only the kernel counts ring-buffer loss (g.ctr's slot stays 0), so
+			 * these per-CPU counts sum to the STATS counter. */
+			if (i == NL_CTR_RINGBUF_FULL && g.cpu_full) {
+				memcpy(g.cpu_full, percpu, g.ncpus * sizeof(__u64));
+				per_cpu = true;
+			}
+		}
 	}
 	st.counter[NL_CTR_ATTACHED_IFACES] = attached_count();
 	st.hdr.ts_ns = clock_ns(CLOCK_REALTIME);
+	if (per_cpu)
+		emit_cpu_loss(st.hdr.ts_ns);
 	out_put(&st, sizeof(st));
+	/* The heartbeat: the namespace was captured at least until now. */
+	if (g.cs.state == CS_RUNNING) {
+		g.cs.heartbeat_ns = st.hdr.ts_ns;
+		state_save();
+	}
 }
 
 /* Reports attempts that were neither forwarded nor answered within
@@ -558,11 +667,14 @@ static void run_usage(FILE *f)
 		"  --drain-ms N        drain the ring and flush stdout every N ms (default 5)\n"
 		"  --stats-ms N        emit a STATS record every N ms (default 1000)\n"
 		"  --drop-after-ms N   report an attempt unanswered for N ms as DROP (default 1000)\n"
-		"  --lock-dir DIR      per-netns lock files (default " DEFAULT_LOCK_DIR ")\n"
+		"  --lock-dir DIR      per-netns lock files, which keep the capture state\n"
+		"                      (default " DEFAULT_LOCK_DIR ")\n"
 		"  --verbose           forward libbpf messages as warn events\n"
 		"\n"
 		"stderr events: ready {mode, ifaces:[{ifindex,ifname}]}, attached/detached\n"
-		"{ifindex, ifname}, warn {msg}, error {what, errno, msg}.\n"
+		"{ifindex, ifname}, warn {msg}, error {what, errno, msg}, and before ready,\n"
+		"when the namespace was captured before: gap {from_ns, to_ns (strings),\n"
+		"cause: crashed|stopped|failed, previous_pid, previous_state, reason}.\n"
 		"Exit codes: 0 clean, 1 runtime failure, 2 usage, 3 netns already locked.\n");
 }
 
@@ -727,20 +839,24 @@ static int cmd_run(int argc, char **argv)
 	__u64 next_drain, drain_ns;
 	unsigned int ct_groups = 0;
 	const char *what = "";
-	bool announce = false;
+	bool announce = false, stopped_by_signal = false;
+	struct capture_state prev;
 	sigset_t mask;
 
 	/* Die with the agent that spawned us, before anything can leak. */
 	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	g.parent = getppid();
 	if (parse_run_args(argc, argv) < 0)
 		return EXIT_USAGE;
 	if (g.o.netns && enter_netns(g.o.netns) < 0)
 		return EXIT_RUNTIME;
-	lock_fd = take_lock(g.o.lock_dir);
+	lock_fd = take_lock(g.o.lock_dir, &prev);
 	if (lock_fd == -2)
 		return EXIT_LOCKED;
 	if (lock_fd < 0)
 		return EXIT_RUNTIME;
+	g.lock_fd = lock_fd;
+	state_begin(&prev);
 
 	/* Signals become fd events so cleanup runs in the loop, never in a handler. */
 	sigemptyset(&mask);
@@ -758,6 +874,14 @@ static int cmd_run(int argc, char **argv)
 	libbpf_logging(g.o.verbose);
 	g.ncpus = libbpf_num_possible_cpus();
 	g.mono_off = mono_to_real_offset();
+	if (g.ncpus > 0) {
+		g.cpu_full = calloc(g.ncpus, sizeof(__u64));
+		g.cpu_full_sent = calloc(g.ncpus, sizeof(__u64));
+		if (!g.cpu_full || !g.cpu_full_sent) {
+			ev_error("calloc", ENOMEM, "no memory for %d per-CPU counters", g.ncpus);
+			goto out;
+		}
+	}
 
 	if (!g.o.mode_ctnetlink) {
 		if (load_bpf() < 0)
@@ -806,6 +930,7 @@ static int cmd_run(int argc, char **argv)
 		}
 		announce = true;
 	}
+	state_capturing(&prev);
 	print_ready();
 
 	sweep_ns = (__u64)g.o.drop_after_ms * 1000000ULL / 4;
@@ -871,6 +996,7 @@ static int cmd_run(int argc, char **argv)
 		}
 		if (stop) {
 			ret = EXIT_OK;
+			stopped_by_signal = true;
 			break;
 		}
 	}
@@ -894,7 +1020,10 @@ out:
 		close(sig_fd);
 	if (ep >= 0)
 		close(ep);
+	state_end(ret, stopped_by_signal);
 	release_lock(lock_fd);
+	free(g.cpu_full);
+	free(g.cpu_full_sent);
 	return ret;
 }
 
@@ -969,7 +1098,7 @@ static int cmd_detach(int argc, char **argv)
 	if (netns && enter_netns(netns) < 0)
 		return EXIT_RUNTIME;
 	if (!force) {
-		lock_fd = take_lock(lock_dir);
+		lock_fd = take_lock(lock_dir, NULL);
 		if (lock_fd == -2)
 			return EXIT_LOCKED;
 		if (lock_fd < 0)

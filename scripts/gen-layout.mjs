@@ -17,6 +17,7 @@ const STRUCTS = [
   ['nl_event', 'NL_EVENT'],
   ['nl_stats', 'NL_STATS'],
   ['nl_proxy', 'NL_PROXY'],
+  ['nl_cpu_loss', 'NL_CPU_LOSS'],
   ['nl_config', 'NL_CONFIG'],
 ];
 const ENUMS = [

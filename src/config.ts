@@ -21,6 +21,12 @@ const int = (min: number, max: number): Parser<number> => (text, source) => {
   if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`${source}: '${text}' must be a whole number from ${min} to ${max}`);
   return n;
 };
+/** Ring sizes: the kernel wants a power of two that is a multiple of the page size (4 KiB here). */
+const powerOfTwo = (min: number, max: number): Parser<number> => (text, source) => {
+  const n = int(min, max)(text, source);
+  if ((n & (n - 1)) !== 0) throw new UsageError(`${source}: '${text}' must be a power of two (e.g. ${2 ** Math.floor(Math.log2(n))} or ${2 ** Math.ceil(Math.log2(n))})`);
+  return n;
+};
 const durationMs = (min: number, max: number): Parser<number> => (text, source) => {
   const ms = parseDuration(text, source);
   if (ms < min || ms > max) throw new UsageError(`${source}: '${text}' must be between ${min} ms and ${max} ms`);
@@ -54,7 +60,7 @@ export const AGENT_SETTINGS = {
   proxyProtocol: { env: 'NATLENS_PROXY_PROTOCOL', default: true, parse: bool, help: 'report PROXY protocol headers opening TCP connections to pods' },
   ifaces: { env: 'NATLENS_IFACES', default: undefined, parse: optionalStr, help: 'only interfaces matching this regex' },
   exclude: { env: 'NATLENS_EXCLUDE_IFACES', default: undefined, parse: optionalStr, help: 'skip interfaces matching this regex' },
-  ringKb: { env: 'NATLENS_RING_KB', default: 8192, parse: int(64, 1 << 20), help: 'ring buffer size in KiB (power of two)' },
+  ringKb: { env: 'NATLENS_RING_KB', default: 8192, parse: powerOfTwo(4, 1 << 20), help: 'ring buffer size in KiB (power of two, at least one page)' },
   wakeupKb: { env: 'NATLENS_WAKEUP_KB', default: 64, parse: int(0, 1 << 16), help: 'wake the reader once this much is waiting' },
   drainMs: { env: 'NATLENS_DRAIN', default: 5, parse: durationMs(1, 1000), help: 'drain the ring buffer at least this often' },
   statsMs: { env: 'NATLENS_PROBE_STATS', default: 1000, parse: durationMs(100, 60_000), help: 'probe counter interval' },

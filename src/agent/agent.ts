@@ -4,13 +4,41 @@
  */
 import { EventEmitter } from 'node:events';
 import { probeFeatures, planCapture } from '../probe/features.js';
-import { ProbeProcess, ProbeError, type CaptureMode, type ProbeOptions } from '../probe/probe-process.js';
+import { ProbeProcess, ProbeError, type CaptureMode, type ProbeOptions, type ProbeStatus } from '../probe/probe-process.js';
 import { decodeRecord, isProxyRecord, type ProbeRecord, type ProxyRecord, type StatsRecord } from '../probe/record-decoder.js';
 import { NL_HEADER, NlRecordKind } from '../probe/record-layout.generated.js';
 import {
-  classifyProxyBytes, countProxyOutcome, formatTimestamp, newProxyCounts, toAgentEvent, toProxyEvent, toStatsEvent,
-  type AgentEvent, type StatsEvent,
+  classifyProxyBytes, countProxyOutcome, formatPerCpu, formatTimestamp, newProxyCounts, toAgentEvent, toProxyEvent, toStatsEvent,
+  type AgentEvent, type GapCause, type GapEvent, type StatsEvent,
 } from './events.js';
+
+/** A time this node's namespace was not captured (see GapEvent), with exact nanoseconds. */
+export interface CaptureGap {
+  fromNs: bigint;
+  toNs: bigint;
+  cause: GapCause;
+  reason: string;
+  previousPid: number;
+}
+
+const GAP_CAUSES: readonly string[] = ['crashed', 'stopped', 'failed'] satisfies GapCause[];
+
+/** The probe's gap status line as a CaptureGap, or null when it is not one. */
+export function captureGapOf(s: ProbeStatus): CaptureGap | null {
+  if (s.event !== 'gap' || typeof s.from_ns !== 'string' || typeof s.to_ns !== 'string' || !/^\d+$/.test(s.from_ns) || !/^\d+$/.test(s.to_ns)) return null;
+  const fromNs = BigInt(s.from_ns);
+  const toNs = BigInt(s.to_ns);
+  if (fromNs > toNs) return null;
+  const cause = GAP_CAUSES.includes(s.cause as string) ? (s.cause as GapCause) : 'crashed';
+  return { fromNs, toNs, cause, reason: typeof s.reason === 'string' ? s.reason : '', previousPid: typeof s.previous_pid === 'number' ? s.previous_pid : 0 };
+}
+
+export function toGapEvent(g: CaptureGap, node: string): GapEvent {
+  return {
+    type: 'gap', node, from: formatTimestamp(g.fromNs), to: formatTimestamp(g.toNs), cause: g.cause, reason: g.reason,
+    previous_pid: g.previousPid, ts: formatTimestamp(g.toNs),
+  };
+}
 
 export interface AgentOptions extends Omit<ProbeOptions, 'mode'> {
   node: string;
@@ -44,6 +72,10 @@ export class Agent extends EventEmitter {
   private lastEmittedStats: StatsRecord | undefined;
   private lastStatsEmit = 0;
   private lastLostTotal = 0;
+  /** Cumulative ring-buffer loss by CPU, from the probe's CPU_LOSS records. */
+  private readonly ringbufFullPerCpu: number[] = [];
+  /** Times this namespace was not captured before this agent started (reported once, after ready). */
+  readonly gaps: CaptureGap[] = [];
   /** PROXY records by outcome: reported, or counted as local / truncated / invalid. */
   private readonly proxyCounts = newProxyCounts();
   mode: CaptureMode | undefined;
@@ -79,8 +111,10 @@ export class Agent extends EventEmitter {
     });
     this.probe = probe;
     probe.on('record', (rec: ProbeRecord) => this.onRecord(rec));
-    probe.on('status', (s) => {
+    probe.on('status', (s: ProbeStatus) => {
       if (s.event === 'warn' || s.event === 'error') this.emit('warn', `${s.what ? `${s.what}: ` : ''}${s.msg ?? JSON.stringify(s)}`);
+      const gap = captureGapOf(s);
+      if (gap) this.gaps.push(gap);
     });
     probe.on('exit', (code: number | null) => {
       this.attached = false;
@@ -94,12 +128,22 @@ export class Agent extends EventEmitter {
       type: 'ready', node: this.options.node, mode, ts: formatTimestamp(BigInt(Date.now()) * 1_000_000n),
       interfaces: (ready.ifaces ?? []).map((i) => i.ifname),
     } satisfies AgentEvent);
+    for (const gap of this.gaps) {
+      this.emit('warn', `not capturing from ${formatTimestamp(gap.fromNs)} to ${formatTimestamp(gap.toNs)}: ${gap.reason}`);
+      this.emit('event', toGapEvent(gap, this.options.node));
+    }
   }
 
   private onRecord(rec: ProbeRecord): void {
     if (rec.kind === 'stats') {
+      this.warnRingLoss(rec);
       this.lastStats = rec;
       this.emitStats(false);
+      return;
+    }
+    if (rec.kind === 'cpu_loss') {
+      rec.ringbufFull.forEach((n, i) => { this.ringbufFullPerCpu[rec.cpuFirst + i] = n; });
+      for (let cpu = 0; cpu < rec.cpuTotal; cpu++) this.ringbufFullPerCpu[cpu] ??= 0;
       return;
     }
     this.captured[rec.kind === 'ct_new' ? 'conn' : rec.kind]++;
@@ -139,7 +183,18 @@ export class Agent extends EventEmitter {
 
   /** The latest counters as a stats event (null before the probe's first stats record). */
   stats(): StatsEvent | null {
-    return this.lastStats ? toStatsEvent(this.lastStats, this.options.node, this.probe?.decodeErrors ?? 0, this.proxyCounts) : null;
+    return this.lastStats ? toStatsEvent(this.lastStats, this.options.node, this.probe?.decodeErrors ?? 0, this.proxyCounts, this.ringbufFullPerCpu) : null;
+  }
+
+  /** Ring-buffer loss is never silent: a warning whenever it grows (at most once per probe stats record). */
+  private warnRingLoss(rec: StatsRecord): void {
+    const before = this.lastStats?.counters.ringbuf_full ?? 0;
+    const now = rec.counters.ringbuf_full;
+    if (now <= before) return;
+    const perCpu: Record<string, number> = {};
+    this.ringbufFullPerCpu.forEach((n, cpu) => { if (n > 0) perCpu[cpu] = n; });
+    this.emit('warn', `kernel ring buffer full: ${now - before} events lost (${now} since start; ${formatPerCpu(perCpu)}); ` +
+      'raise --ring-kb, or drain more often (--drain, --wakeup-kb)');
   }
 
   private emitStats(force: boolean): void {

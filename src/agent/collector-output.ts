@@ -10,6 +10,7 @@ import { parseAddr } from '../collector/addr.js';
 import { CollectorStreamClient } from '../transport/stream-client.js';
 import { NATLENS_VERSION } from '../util/paths.js';
 import type { Agent } from './agent.js';
+import type { AgentEvent } from './events.js';
 import { hopEventFromRecord } from './hop-event-encoder.js';
 import { NodeNetworkWatch } from './node-network.js';
 import { HealthProber } from './health-prober.js';
@@ -59,10 +60,15 @@ export class CollectorOutput extends EventEmitter {
         // Kernel ring buffer, pending-attempt map, netlink socket, undecodable records; the client adds its queue_overflow.
         const lost: Record<string, number> = {};
         if (s) for (const [k, v] of Object.entries(s.lost)) if (k !== 'total') lost[k] = v;
-        return { lost, captured: this.captured };
+        const gaps = agent.gaps.map((g) => ({ fromNs: g.fromNs, toNs: g.toNs, cause: g.cause, reason: g.reason, previousPid: g.previousPid }));
+        return { lost, captured: this.captured, ringbufFullPerCpu: s?.ringbuf_full_per_cpu ?? {}, gaps };
       },
     });
     this.client = client;
+    // Loss that grew and gaps found at start go out now, not with the next captured event.
+    agent.on('event', (ev: AgentEvent) => {
+      if (ev.type === 'gap' || (ev.type === 'stats' && ev.lost.total > 0)) client.lossChanged();
+    });
     client.on('connected', () => this.emit('status', { event: 'connected', collector: this.options.target }));
     client.on('disconnected', (reason: unknown) => {
       this.lastDisconnect = String(reason);

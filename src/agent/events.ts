@@ -100,10 +100,37 @@ export interface StatsEvent {
   counters: Record<CounterName, number>;
   /** PROXY records by outcome (agents that count them). */
   proxy?: ProxyCounts;
+  /**
+   * lost.ringbuf_full by CPU number ("0", "1", ...), when the kernel lost any: where the ring
+   * overflowed. The counts sum to lost.ringbuf_full.
+   */
+  ringbuf_full_per_cpu?: Record<string, number>;
   ts: string;
 }
 
-export type AgentEvent = ReadyEvent | ConnEvent | DropEvent | EndEvent | ProxyEvent | StatsEvent;
+/** Why nobody captured for a while, from what the previous agent left in the lock directory. */
+export type GapCause = 'crashed' | 'stopped' | 'failed';
+
+/**
+ * This node's network namespace was not captured from `from` to `to`: connections in between may
+ * be missing. Reported once, after `ready`, by an agent that finds the previous agent's state:
+ * killed or crashed (`from` = its last heartbeat, at most one probe stats interval before it
+ * ended), stopped (`from` = when it detached), or stopped on an error.
+ */
+export interface GapEvent {
+  type: 'gap';
+  node: string;
+  from: string;
+  /** When this agent's capture started. */
+  to: string;
+  cause: GapCause;
+  reason: string;
+  /** The previous natlens-probe's pid. */
+  previous_pid: number;
+  ts: string;
+}
+
+export type AgentEvent = ReadyEvent | ConnEvent | DropEvent | EndEvent | ProxyEvent | StatsEvent | GapEvent;
 
 let cachedSecond = -1;
 let cachedPrefix = '';
@@ -224,12 +251,13 @@ export function toProxyEvent(
  * headers cut off or malformed count as lost (proxy_truncated, proxy_invalid) and the counts are
  * reported under `proxy`; without it the event has the shape it always had.
  */
-export function toStatsEvent(rec: StatsRecord, node: string, decodeErrors: number, proxy?: ProxyCounts): StatsEvent {
+export function toStatsEvent(rec: StatsRecord, node: string, decodeErrors: number, proxy?: ProxyCounts, ringbufFullPerCpu?: readonly number[]): StatsEvent {
   const c = rec.counters;
   const base = c.ringbuf_full + c.pending_full + c.netlink_lost + decodeErrors;
+  const perCpu = perCpuMap(ringbufFullPerCpu);
   if (!proxy) {
     const lost = { ringbuf_full: c.ringbuf_full, pending_full: c.pending_full, netlink_lost: c.netlink_lost, decode_errors: decodeErrors, total: base };
-    return { type: 'stats', node, lost, counters: c, ts: formatTimestamp(rec.tsNs) };
+    return { type: 'stats', node, lost, counters: c, ...(perCpu && { ringbuf_full_per_cpu: perCpu }), ts: formatTimestamp(rec.tsNs) };
   }
   const lost = {
     ringbuf_full: c.ringbuf_full,
@@ -240,5 +268,20 @@ export function toStatsEvent(rec: StatsRecord, node: string, decodeErrors: numbe
     proxy_invalid: proxy.invalid,
     total: base + proxy.truncated + proxy.invalid,
   };
-  return { type: 'stats', node, lost, counters: c, proxy: { ...proxy }, ts: formatTimestamp(rec.tsNs) };
+  return { type: 'stats', node, lost, counters: c, proxy: { ...proxy }, ...(perCpu && { ringbuf_full_per_cpu: perCpu }), ts: formatTimestamp(rec.tsNs) };
+}
+
+/** CPU number -> count, for the CPUs that lost any; undefined when none did. */
+function perCpuMap(counts: readonly number[] | undefined): Record<string, number> | undefined {
+  if (!counts) return undefined;
+  let out: Record<string, number> | undefined;
+  counts.forEach((n, cpu) => {
+    if (n > 0) (out ??= {})[String(cpu)] = n;
+  });
+  return out;
+}
+
+/** "cpu0: 12, cpu1: 3": where the ring overflowed, for messages. */
+export function formatPerCpu(perCpu: Readonly<Record<string, number>>): string {
+  return Object.entries(perCpu).sort(([a], [b]) => Number(a) - Number(b)).map(([cpu, n]) => `cpu${cpu}: ${n}`).join(', ');
 }

@@ -20,7 +20,8 @@ export function registerAgentCommand(program: Command): void {
         'and reports each connection with the tuple the client used (orig, pre-NAT) and the tuple the\n' +
         'pod saw (reply, post-NAT), dropped attempts, and connection ends.\n\n' +
         'Output (--stdout): one JSON object per line: {"type":"ready",...} once capture is live, then\n' +
-        '"conn", "drop", "end", "proxy" and "stats" events. Flags override NATLENS_* environment variables.',
+        '"conn", "drop", "end", "proxy" and "stats" events, and a "gap" event after "ready" when the previous\n' +
+        'agent on this namespace crashed or was stopped (see docs/capture.md). Flags override NATLENS_* environment variables.',
     )
     .option('--node <name>', `node name reported with every event (env ${AGENT_SETTINGS.node.env}; default: hostname)`)
     .option('--netns <path>', 'capture inside this network namespace, e.g. /run/netns/nl-node1 (env NATLENS_NETNS)')
@@ -35,12 +36,12 @@ export function registerAgentCommand(program: Command): void {
     .option('--no-proxy-protocol', 'do not report PROXY protocol headers (the real client behind a proxy load balancer)')
     .option('--ifaces <regex>', 'only attach to interfaces whose name matches')
     .option('--exclude <regex>', 'never attach to interfaces whose name matches')
-    .option('--ring-kb <n>', 'ring buffer size in KiB (default 8192)')
+    .option('--ring-kb <n>', 'ring buffer size in KiB, a power of two from 4 (default 8192)')
     .option('--wakeup-kb <n>', 'batched wake-up threshold in KiB (default 64)')
     .option('--drain <duration>', 'drain the ring buffer at least this often (default 5ms)')
     .option('--drop-after <duration>', 'an unanswered attempt counts as dropped after this long (default 1s)')
     .option('--stats-interval <duration>', 'emit a stats event at least this often (default 10s)')
-    .option('--lock-dir <dir>', 'per-namespace agent locks (default /run/natlens)')
+    .option('--lock-dir <dir>', 'per-namespace agent locks, which keep the capture state across restarts (default /run/natlens)')
     .option('--kubernetes', 'watch Kubernetes (in-cluster, else $KUBECONFIG or ~/.kube/config) and read this node\'s health-check node ports')
     .option('--kubeconfig <path>', 'the same through this kubeconfig (e.g. the lab\'s: natlens lab api-server)')
     .option('--health-check-interval <duration>', 'read health-check node ports this often (default 2s)')

@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { QUERY_SETTINGS, resolveConfig } from '../config.js';
 import { parseTarget } from '../query/target.js';
+import { captureFaultLines, captureFaultsJson } from '../query/completeness-format.js';
 import { QueryClient } from '../transport/query-client.js';
 import type { WhoResponse } from '../transport/proto.generated.js';
 import { NatlensError, UsageError } from '../util/errors.js';
@@ -21,7 +22,9 @@ export function registerWhoCommand(program: Command): void {
         'header, CLIENT is the client the header named (VIA: the proxy); when the load balancer proxies\n' +
         'and sends nothing, CLIENT says so instead of guessing. TERM counts connections that reached the\n' +
         'pod while it was terminating. The last lines say how much of the answer may be missing: events\n' +
-        'lost by agents, connections whose hops could not all be joined (their unknown parts show as "?").',
+        'lost by agents (where the kernel\'s ring buffer overflowed: per node and CPU), connections whose\n' +
+        'hops could not all be joined (their unknown parts show as "?"), and times a node was not captured\n' +
+        'at all (its agent crashed or was stopped).',
     )
     .addHelpText('after',
       '\nExamples:\n' +
@@ -79,6 +82,7 @@ export function whoJson(res: WhoResponse) {
       unstitched: Number(c?.unstitched ?? 0n),
       nodes_reporting: c?.nodesReporting ?? [],
       collectors: c?.collectors ?? [],
+      ...captureFaultsJson(c),
     },
   };
 }
@@ -108,6 +112,7 @@ export function formatWho(res: WhoResponse): string {
     '',
     `complete: ${c.events_lost} events lost${stages ? ` (${stages})` : ''}; ${c.unstitched} connections with a hop missing; ` +
       `agents reporting: ${c.nodes_reporting.join(', ') || 'none'}; collectors: ${c.collectors.join(', ')}`,
+    ...captureFaultLines(c).map((l) => `  ${l}`),
   );
   return `${out.join('\n')}\n`;
 }

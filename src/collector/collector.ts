@@ -7,7 +7,7 @@
 import { EventEmitter } from 'node:events';
 import { addrFromKey, addrKey, formatAddr, parseAddr, toAddr16 } from './addr.js';
 import { endpointOf, hopFromEvent } from './hop-from-event.js';
-import type { Addr16, Hop, LossSample } from './hop.js';
+import type { Addr16, CaptureGapRecord, Hop, LossSample } from './hop.js';
 import { PeerRing, type Peer } from './peer-ring.js';
 import { Stitcher, type StitcherOptions } from './stitcher.js';
 import type { ClickHouseStore, WhoRowData } from './store/clickhouse-store.js';
@@ -16,7 +16,7 @@ import { etpReport, mergeEtpPeriods, type ServiceStateRow } from './etp.js';
 import { podTimeline, latestServiceStates, type PodState } from './k8s-history.js';
 import { formatTimestamp } from '../agent/events.js';
 import type { EtpRequest, EtpResponse, EventBatch, Hello, HopEvent, WhoRequest, WhoResponse, WhoRow, Completeness } from '../transport/proto.generated.js';
-import { createCompleteness, createEtpResponse, createWhoResponse, createWhoRow } from '../transport/proto.generated.js';
+import { createCompleteness, createCpuLoss, createEtpResponse, createNodeGap, createWhoResponse, createWhoRow, type CpuLoss, type NodeGap } from '../transport/proto.generated.js';
 import { CollectorStreamClient } from '../transport/stream-client.js';
 import { QueryClient } from '../transport/query-client.js';
 import { NatlensError } from '../util/errors.js';
@@ -50,6 +50,17 @@ const MAX_BATCH_IDS_PER_AGENT = 20_000;
 const MAX_AGENTS_TRACKED = 10_000;
 const GRPC_UNAVAILABLE = 14;
 const GRPC_NOT_FOUND = 5;
+/** Gaps remembered as stored, so the copy every loss report repeats is not stored again. */
+const MAX_GAPS_REMEMBERED = 10_000;
+
+/** Completeness.lost_per_cpu and .gaps for a window: where the kernel lost events, and when nodes were not captured. */
+async function captureFaults(store: ClickHouseStore, sinceNs: bigint): Promise<{ lostPerCpu: CpuLoss[]; gaps: NodeGap[] }> {
+  const [perCpu, gaps] = await Promise.all([store.lossPerCpuSince(sinceNs), store.captureGapsSince(sinceNs)]);
+  return {
+    lostPerCpu: perCpu.map((c) => createCpuLoss({ node: c.node, cpu: c.cpu, ringbufFull: BigInt(c.ringbufFull) })),
+    gaps: gaps.map((g) => createNodeGap({ node: g.node, from: formatTimestamp(g.fromNs), to: formatTimestamp(g.toNs), cause: g.cause, reason: g.reason })),
+  };
+}
 
 interface ResolvedTarget {
   /** As the answer names it. */
@@ -113,6 +124,9 @@ export class Collector extends EventEmitter {
   /** Resolves the accept() of each batch whose hops are in `hops`, once they are stored. */
   private waiters: Array<() => void> = [];
   private readonly loss = new Map<string, LossSample>();
+  /** Gaps reported and not yet stored, and the keys of those stored (agent|from|to, oldest first). */
+  private gaps: CaptureGapRecord[] = [];
+  private readonly gapsStored = new Set<string>();
   private health: HealthCheckRow[] = [];
   /** Kubernetes history (from the collector's watch), stored with the next flush. */
   private serviceHistory: ServiceHistoryRow[] = [];
@@ -246,7 +260,17 @@ export class Collector extends EventEmitter {
     const agentId = report.agentId || hello.agentId;
     const lost: Record<string, number> = {};
     for (const [stage, n] of Object.entries(report.lost)) lost[stage] = Number(n);
-    this.loss.set(agentId, { tsNs: BigInt(Date.now()) * 1_000_000n, node: report.node || hello.node, agentId, lost, captured: Number(report.captured) });
+    const ringbufFullPerCpu: Record<string, number> = {};
+    for (const [cpu, n] of Object.entries(report.ringbufFullPerCpu ?? {})) ringbufFullPerCpu[cpu] = Number(n);
+    const node = report.node || hello.node;
+    this.loss.set(agentId, { tsNs: BigInt(Date.now()) * 1_000_000n, node, agentId, lost, captured: Number(report.captured), ringbufFullPerCpu });
+    for (const g of report.gaps ?? []) {
+      const key = `${agentId}|${g.fromNs}|${g.toNs}`;
+      if (this.gapsStored.has(key)) continue;
+      this.gapsStored.add(key);
+      if (this.gapsStored.size > MAX_GAPS_REMEMBERED) this.gapsStored.delete(this.gapsStored.values().next().value!);
+      this.gaps.push({ node, agentId, fromNs: g.fromNs, toNs: g.toNs, cause: g.cause, reason: g.reason, previousPid: g.previousPid });
+    }
   }
 
   private forwarder(peer: Peer): CollectorStreamClient {
@@ -284,6 +308,8 @@ export class Collector extends EventEmitter {
     this.pendingConnections = [];
     const loss = [...this.loss.values()];
     this.loss.clear();
+    const gaps = this.gaps;
+    this.gaps = [];
     const health = this.health;
     this.health = [];
     const services = this.serviceHistory;
@@ -305,6 +331,7 @@ export class Collector extends EventEmitter {
       this.serviceHistory = services.concat(this.serviceHistory);
       this.podHistory = pods.concat(this.podHistory);
       this.keepLoss(loss);
+      this.gaps = gaps.concat(this.gaps);
       this.storeFailed(err as Error);
       return;
     }
@@ -314,12 +341,14 @@ export class Collector extends EventEmitter {
       if (connections.length) await store.insertConnections(connections);
       this.counters.storedConnections += connections.length;
       if (loss.length) await store.insertLoss(loss);
+      await store.insertCaptureGaps(gaps);
       await store.insertServiceHistory(services);
       await store.insertPodHistory(pods);
       this.storeFailures = 0;
     } catch (err) {
       this.pendingConnections = connections.concat(this.pendingConnections);
       this.keepLoss(loss);
+      this.gaps = gaps.concat(this.gaps);
       this.serviceHistory = services.concat(this.serviceHistory);
       this.podHistory = pods.concat(this.podHistory);
       this.storeFailed(err as Error);
@@ -400,10 +429,11 @@ export class Collector extends EventEmitter {
     const { store } = this.options;
     const { ring } = this.options;
     const own = ownedAddresses(target.addrs, ring);
-    const [answer, loss, services] = await Promise.all([
+    const [answer, loss, services, faults] = await Promise.all([
       own.length ? store.who({ endpoint: own, port: target.port, sinceNs, terminating: terminatingWindows(target.timeline) }) : Promise.resolve({ rows: [], unstitched: 0 }),
       store.lossSince(sinceNs),
       latestServiceStates(store, sinceNs),
+      captureFaults(store, sinceNs),
     ]);
     const directory = this.serviceDirectory(services);
     const podOf = podNamer(target.timeline);
@@ -419,7 +449,7 @@ export class Collector extends EventEmitter {
       node: latest?.node ?? '',
       complete: createCompleteness({
         eventsLost: BigInt(loss.total), lostByStage, unstitched: BigInt(answer.unstitched),
-        nodesReporting: loss.nodes, collectors: [this.id],
+        nodesReporting: loss.nodes, collectors: [this.id], ...faults,
       }),
     });
   }
@@ -508,9 +538,10 @@ export class Collector extends EventEmitter {
 
   private async etpLocal(namespace: string, name: string, sinceNs: bigint): Promise<EtpResponse> {
     const { store } = this.options;
-    const [report, loss] = await Promise.all([
+    const [report, loss, faults] = await Promise.all([
       etpReport(store, { namespace, name, sinceNs, nowNs: BigInt(Date.now()) * 1_000_000n, nodeAddresses: this.nodeAddressMap() }),
       store.lossSince(sinceNs),
+      captureFaults(store, sinceNs),
     ]);
     if (!report.known) {
       throw new QueryError(`no Service ${namespace}/${name} was recorded since ${formatTimestamp(sinceNs)} (is the collector watching Kubernetes? see natlens collector --help)`, GRPC_NOT_FOUND);
@@ -521,7 +552,7 @@ export class Collector extends EventEmitter {
       service: `${namespace}/${name}`,
       since: formatTimestamp(sinceNs),
       periods: report.periods,
-      complete: createCompleteness({ eventsLost: BigInt(loss.total), lostByStage, unstitched: 0n, nodesReporting: loss.nodes, collectors: [this.id] }),
+      complete: createCompleteness({ eventsLost: BigInt(loss.total), lostByStage, unstitched: 0n, nodesReporting: loss.nodes, collectors: [this.id], ...faults }),
     });
   }
 
@@ -557,12 +588,24 @@ function mergeCompleteness(parts: Completeness[]): Completeness {
   let unstitched = 0n;
   const nodes = new Set<string>();
   const collectors: string[] = [];
+  // An agent that moved to another collector reported to both: per-CPU counts add up (each
+  // collector holds its own stretch of the agent's counters), a gap is the same gap.
+  const perCpu = new Map<string, CpuLoss>();
+  const gaps = new Map<string, NodeGap>();
   for (const p of parts) {
     eventsLost += p.eventsLost;
     unstitched += p.unstitched;
     for (const [k, v] of Object.entries(p.lostByStage)) lostByStage[k] = (lostByStage[k] ?? 0n) + v;
     p.nodesReporting.forEach((n) => nodes.add(n));
     collectors.push(...p.collectors);
+    for (const c of p.lostPerCpu ?? []) {
+      const k = `${c.node}|${c.cpu}`;
+      const had = perCpu.get(k);
+      perCpu.set(k, createCpuLoss({ ...c, ringbufFull: (had?.ringbufFull ?? 0n) + c.ringbufFull }));
+    }
+    for (const g of p.gaps ?? []) gaps.set(`${g.node}|${g.from}|${g.to}`, g);
   }
-  return createCompleteness({ eventsLost, lostByStage, unstitched, nodesReporting: [...nodes].sort(), collectors });
+  const lostPerCpu = [...perCpu.values()].sort((a, b) => a.node.localeCompare(b.node) || a.cpu - b.cpu);
+  const gapList = [...gaps.values()].sort((a, b) => a.from.localeCompare(b.from) || a.node.localeCompare(b.node));
+  return createCompleteness({ eventsLost, lostByStage, unstitched, nodesReporting: [...nodes].sort(), collectors, lostPerCpu, gaps: gapList });
 }

@@ -94,4 +94,19 @@ export interface LossSample {
   /** Stage -> events lost since the agent started. */
   lost: Record<string, number>;
   captured: number;
+  /** CPU number -> lost.ringbuf_full of that CPU since the agent started (CPUs that lost any). */
+  ringbufFullPerCpu?: Record<string, number>;
+}
+
+/** A time a node was not captured (proto CaptureGap), as an agent reported it. */
+export interface CaptureGapRecord {
+  node: string;
+  agentId: string;
+  /** Last known captured (ns). */
+  fromNs: bigint;
+  /** Capture resumed (ns). */
+  toNs: bigint;
+  cause: string;
+  reason: string;
+  previousPid: number;
 }

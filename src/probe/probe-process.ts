@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { BPF_OBJECT, PROBE_BIN } from '../util/paths.js';
 import { NatlensError } from '../util/errors.js';
 import { RecordFramer } from './record-stream.js';
-import { decodeRecord, isStatsRecord, RecordDecodeError, type ProbeRecord } from './record-decoder.js';
+import { decodeRecord, isControlRecord, RecordDecodeError, type ProbeRecord } from './record-decoder.js';
 
 export type CaptureMode = 'tc' | 'ctnetlink';
 
@@ -111,7 +111,7 @@ export class ProbeProcess extends EventEmitter {
     const framer = new RecordFramer();
     child.stdout!.on('data', (chunk: Buffer) => {
       framer.push(chunk, (buf, off) => {
-        if (this.flowSink && !isStatsRecord(buf, off)) {
+        if (this.flowSink && !isControlRecord(buf, off)) {
           try {
             this.flowSink(buf, off);
           } catch (err) {

@@ -2,7 +2,7 @@
  * Decodes the fixed-size binary records natlens-probe writes to stdout.
  * Offsets come only from record-layout.generated.ts (generated from the BPF object's BTF).
  */
-import { NL_EVENT, NL_PROXY, NL_STATS, NL_TUPLE, NL_RECORD_SIZE, NlCounter, NlHook, NlRecordKind } from './record-layout.generated.js';
+import { NL_CPU_LOSS, NL_EVENT, NL_PROXY, NL_STATS, NL_TUPLE, NL_RECORD_SIZE, NlCounter, NlHook, NlRecordKind } from './record-layout.generated.js';
 import { formatIPv4, formatIPv6 } from './ip-format.js';
 
 export { NL_RECORD_SIZE };
@@ -76,7 +76,21 @@ export interface ProxyRecord {
 /** Payload bytes a PROXY record can carry. */
 export const NL_PROXY_DATA_MAX = NL_PROXY.data.size;
 
-export type ProbeRecord = FlowRecord | ProxyRecord | StatsRecord;
+/**
+ * Cumulative ring-buffer loss (records the kernel could not queue) of some CPUs: CPUs
+ * cpuFirst .. cpuFirst + ringbufFull.length - 1 of cpuTotal. The probe writes the chunks whose
+ * counts changed right before the STATS record read with them, so after a STATS record the latest
+ * count of every CPU sums to its ringbuf_full counter.
+ */
+export interface CpuLossRecord {
+  kind: 'cpu_loss';
+  tsNs: bigint;
+  cpuFirst: number;
+  cpuTotal: number;
+  ringbufFull: number[];
+}
+
+export type ProbeRecord = FlowRecord | ProxyRecord | StatsRecord | CpuLossRecord;
 
 /** A record that cannot be decoded: the stream is out of step or the producer is not ours. */
 export class RecordDecodeError extends Error {}
@@ -150,6 +164,12 @@ export function isStatsRecord(buf: Uint8Array, base: number): boolean {
   return buf[base + NL_EVENT.hdr_kind.offset] === NlRecordKind.STATS;
 }
 
+/** STATS and CPU_LOSS: the probe's own bookkeeping, never a flow. */
+export function isControlRecord(buf: Uint8Array, base: number): boolean {
+  const kind = buf[base + NL_EVENT.hdr_kind.offset];
+  return kind === NlRecordKind.STATS || kind === NlRecordKind.CPU_LOSS;
+}
+
 export function isProxyRecord(buf: Uint8Array, base: number): boolean {
   return buf[base + NL_PROXY.hdr_kind.offset] === NlRecordKind.PROXY;
 }
@@ -174,6 +194,7 @@ export function decodeRecord(buf: Uint8Array, base = 0): ProbeRecord {
     }
     return { kind: 'stats', tsNs, counters };
   }
+  if (buf[base + NL_CPU_LOSS.hdr_kind.offset] === NlRecordKind.CPU_LOSS) return decodeCpuLoss(view, base, tsNs);
   const { kind, family, proto, hook } = decodeFlowHeader(buf, base);
   if (kind === 'proxy') {
     const { bytes, payloadLen } = proxyPayloadOf(buf, base);
@@ -206,4 +227,16 @@ export function decodeRecord(buf: Uint8Array, base = 0): ProbeRecord {
     packetsReply: Number(view.getBigUint64(base + NL_EVENT.packets_reply.offset, true)),
     bytesReply: Number(view.getBigUint64(base + NL_EVENT.bytes_reply.offset, true)),
   };
+}
+
+function decodeCpuLoss(view: DataView, base: number, tsNs: bigint): CpuLossRecord {
+  const cpuFirst = view.getUint32(base + NL_CPU_LOSS.cpu_first.offset, true);
+  const count = view.getUint16(base + NL_CPU_LOSS.cpu_count.offset, true);
+  const cpuTotal = view.getUint16(base + NL_CPU_LOSS.cpu_total.offset, true);
+  if (count < 1 || count > NL_CPU_LOSS.ringbuf_full.count || cpuFirst + count > cpuTotal) {
+    throw new RecordDecodeError(`cpu_loss record for CPUs ${cpuFirst}..${cpuFirst + count - 1} of ${cpuTotal}: not a valid range`);
+  }
+  const ringbufFull: number[] = [];
+  for (let i = 0; i < count; i++) ringbufFull.push(Number(view.getBigUint64(base + NL_CPU_LOSS.ringbuf_full.offset + 8 * i, true)));
+  return { kind: 'cpu_loss', tsNs, cpuFirst, cpuTotal, ringbufFull };
 }

@@ -86,6 +86,23 @@ export const NL_PROXY = {
   data: { offset: 62, size: 66 },
 } as const;
 
+/** struct nl_cpu_loss */
+export const NL_CPU_LOSS = {
+  size: 128,
+  hdr_ts_ns: { offset: 0, size: 8 },
+  hdr_kind: { offset: 8, size: 1 },
+  hdr_family: { offset: 9, size: 1 },
+  hdr_proto: { offset: 10, size: 1 },
+  hdr_hook: { offset: 11, size: 1 },
+  hdr_ifindex: { offset: 12, size: 4 },
+  hdr_ct_status: { offset: 16, size: 4 },
+  hdr_tcp_isn: { offset: 20, size: 4 },
+  cpu_first: { offset: 24, size: 4 },
+  cpu_count: { offset: 28, size: 2 },
+  cpu_total: { offset: 30, size: 2 },
+  ringbuf_full: { offset: 32, size: 8, count: 12 },
+} as const;
+
 /** struct nl_config */
 export const NL_CONFIG = {
   size: 32,
@@ -105,6 +122,7 @@ export const NlRecordKind = {
   STATS: 4,
   CT_NEW: 5,
   PROXY: 6,
+  CPU_LOSS: 7,
 } as const;
 export type NlRecordKind = (typeof NlRecordKind)[keyof typeof NlRecordKind];
 

@@ -3,6 +3,7 @@
  * last part is a before/after summary of every policy change in the window.
  */
 import type { EtpPeriod, EtpResponse } from '../transport/proto.generated.js';
+import { captureFaultLines, captureFaultsJson } from './completeness-format.js';
 
 export function etpJson(res: EtpResponse) {
   const periods = res.periods.map(periodJson);
@@ -16,6 +17,7 @@ export function etpJson(res: EtpResponse) {
       lost_by_stage: Object.fromEntries(Object.entries(res.complete?.lostByStage ?? {}).map(([k, v]) => [k, Number(v)])),
       nodes_reporting: res.complete?.nodesReporting ?? [],
       collectors: res.complete?.collectors ?? [],
+      ...captureFaultsJson(res.complete),
     },
   };
 }
@@ -144,5 +146,6 @@ export function formatEtp(res: EtpResponse): string {
   const c = j.complete;
   const stages = Object.entries(c.lost_by_stage).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v}`).join(', ');
   out.push('', `complete: ${c.events_lost} events lost${stages ? ` (${stages})` : ''}; agents reporting: ${c.nodes_reporting.join(', ') || 'none'}; collectors: ${c.collectors.join(', ')}`);
+  out.push(...captureFaultLines(c).map((l) => `  ${l}`));
   return `${out.join('\n')}\n`;
 }

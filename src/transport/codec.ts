@@ -14,6 +14,7 @@ import { NatlensError } from '../util/errors.js';
 import {
   HopKind,
   PROTO_DESCRIPTOR,
+  type CaptureGap,
   PROTO_PACKAGE,
   collectorMessageBodyCase,
   isHopKind,
@@ -429,6 +430,35 @@ function checkLoss(l: LossReport, path: string): void {
   if (l.lost === null || typeof l.lost !== 'object') throw invalid(`${path}.lost`, `expected a map, got ${show(l.lost)}`);
   for (const [k, v] of Object.entries(l.lost)) if (!isUint64(v)) throw invalid(`${path}.lost[${JSON.stringify(k)}]`, `expected a uint64, got ${show(v)}`);
   if (!isUint64(l.captured)) throw invalid(`${path}.captured`, `expected a uint64, got ${show(l.captured)}`);
+  const perCpu = l.ringbufFullPerCpu ?? {};
+  if (perCpu === null || typeof perCpu !== 'object') throw invalid(`${path}.ringbuf_full_per_cpu`, `expected a map, got ${show(perCpu)}`);
+  const cpus = Object.entries(perCpu);
+  if (cpus.length > MAX_CPUS_PER_REPORT) throw invalid(`${path}.ringbuf_full_per_cpu`, `${cpus.length} CPUs, more than ${MAX_CPUS_PER_REPORT}`, 'too_large');
+  for (const [cpu, n] of cpus) {
+    const at = `${path}.ringbuf_full_per_cpu[${JSON.stringify(cpu)}]`;
+    if (!/^\d{1,10}$/.test(cpu) || !isUint32(Number(cpu))) throw invalid(at, 'the key must be a CPU number (uint32)');
+    if (!isUint64(n)) throw invalid(at, `expected a uint64, got ${show(n)}`);
+  }
+  const gaps = l.gaps ?? [];
+  if (!Array.isArray(gaps)) throw invalid(`${path}.gaps`, `expected an array, got ${show(gaps)}`);
+  if (gaps.length > MAX_GAPS_PER_REPORT) throw invalid(`${path}.gaps`, `${gaps.length} gaps, more than ${MAX_GAPS_PER_REPORT}`, 'too_large');
+  gaps.forEach((g, i) => checkCaptureGap(g, `${path}.gaps[${i}]`));
+}
+
+/** An agent reports the gaps it found at start (one, usually); more than this is hostile. */
+const MAX_GAPS_PER_REPORT = 64;
+/** Linux's NR_CPUS is at most 8192. */
+const MAX_CPUS_PER_REPORT = 8192;
+const GAP_CAUSES = new Set(['crashed', 'stopped', 'failed']);
+
+function checkCaptureGap(g: CaptureGap, path: string): void {
+  if (g === null || typeof g !== 'object') throw invalid(path, `expected a CaptureGap, got ${show(g)}`);
+  if (!isUint64(g.fromNs)) throw invalid(`${path}.from_ns`, `expected a uint64, got ${show(g.fromNs)}`);
+  if (!isUint64(g.toNs)) throw invalid(`${path}.to_ns`, `expected a uint64, got ${show(g.toNs)}`);
+  if (BigInt(g.fromNs) > BigInt(g.toNs)) throw invalid(path, `from_ns ${g.fromNs} is after to_ns ${g.toNs}`);
+  if (!GAP_CAUSES.has(g.cause)) throw invalid(`${path}.cause`, `must be crashed, stopped or failed, got ${show(g.cause)}`);
+  if (typeof g.reason !== 'string' || g.reason.length > 1024) throw invalid(`${path}.reason`, 'expected a string of at most 1024 characters');
+  if (!isUint32(g.previousPid)) throw invalid(`${path}.previous_pid`, `expected a uint32, got ${show(g.previousPid)}`);
 }
 
 export interface BatchLimits {

@@ -179,6 +179,45 @@ export function createHealthCheckReading(init: Partial<HealthCheckReading> = {})
 }
 
 /**
+ * A time the node's network namespace was not captured: the previous agent was killed, crashed or
+ * stopped, as the state it left next to its lock says (docs/capture.md, "Faults").
+ * message natlens.v1.CaptureGap
+ */
+export interface CaptureGap {
+  /**
+   * CLOCK_REALTIME, nanoseconds since the Unix epoch: the namespace was last known captured then
+   * (the previous agent's last heartbeat, or when it detached).
+   * from_ns = 1 (fixed64)
+   */
+  fromNs: bigint;
+  /**
+   * When this agent's capture started.
+   * to_ns = 2 (fixed64)
+   */
+  toNs: bigint;
+  /**
+   * "crashed" (killed, or ended without detaching), "stopped" (a clean stop) or "failed" (stopped
+   * on an error).
+   * cause = 3 (string)
+   */
+  cause: string;
+  /**
+   * What happened to the previous agent, for people.
+   * reason = 4 (string)
+   */
+  reason: string;
+  /**
+   * The previous natlens-probe's pid; 0 when unknown.
+   * previous_pid = 5 (uint32)
+   */
+  previousPid: number;
+}
+/** New CaptureGap: every always-present field at its proto3 default, overridden by init. */
+export function createCaptureGap(init: Partial<CaptureGap> = {}): CaptureGap {
+  return { fromNs: 0n, toNs: 0n, cause: '', reason: '', previousPid: 0, ...init };
+}
+
+/**
  * Events lost before they could be sent, cumulative since the agent started (agent_id), by stage:
  * ringbuf_full, pending_full, netlink_lost, decode_errors, queue_overflow, ...
  * message natlens.v1.LossReport
@@ -198,10 +237,21 @@ export interface LossReport {
   node: string;
   /** agent_id = 4 (string) */
   agentId: string;
+  /**
+   * lost["ringbuf_full"] by CPU number, for the CPUs that lost any: they sum to it.
+   * ringbuf_full_per_cpu = 5 (map<uint32, uint64>)
+   */
+  ringbufFullPerCpu: Record<string, bigint>;
+  /**
+   * Times the node was not captured before this agent started. Like the counters, every report of
+   * the agent carries them; the collector stores each once.
+   * gaps = 6 (repeated CaptureGap)
+   */
+  gaps: CaptureGap[];
 }
 /** New LossReport: every always-present field at its proto3 default, overridden by init. */
 export function createLossReport(init: Partial<LossReport> = {}): LossReport {
-  return { lost: {}, captured: 0n, node: '', agentId: '', ...init };
+  return { lost: {}, captured: 0n, node: '', agentId: '', ringbufFullPerCpu: {}, gaps: [], ...init };
 }
 
 /** message natlens.v1.EventBatch */
@@ -453,6 +503,50 @@ export function createWhoRow(init: Partial<WhoRow> = {}): WhoRow {
 }
 
 /**
+ * Kernel ring-buffer loss of one CPU of one node, in the window.
+ * message natlens.v1.CpuLoss
+ */
+export interface CpuLoss {
+  /** node = 1 (string) */
+  node: string;
+  /** cpu = 2 (uint32) */
+  cpu: number;
+  /** ringbuf_full = 3 (uint64) */
+  ringbufFull: bigint;
+}
+/** New CpuLoss: every always-present field at its proto3 default, overridden by init. */
+export function createCpuLoss(init: Partial<CpuLoss> = {}): CpuLoss {
+  return { node: '', cpu: 0, ringbufFull: 0n, ...init };
+}
+
+/**
+ * A time a node was not captured (its agent was killed, crashed or stopped), overlapping the window.
+ * message natlens.v1.NodeGap
+ */
+export interface NodeGap {
+  /** node = 1 (string) */
+  node: string;
+  /**
+   * RFC 3339, UTC, nanoseconds.
+   * from = 2 (string)
+   */
+  from: string;
+  /** to = 3 (string) */
+  to: string;
+  /**
+   * "crashed", "stopped" or "failed" (CaptureGap.cause).
+   * cause = 4 (string)
+   */
+  cause: string;
+  /** reason = 5 (string) */
+  reason: string;
+}
+/** New NodeGap: every always-present field at its proto3 default, overridden by init. */
+export function createNodeGap(init: Partial<NodeGap> = {}): NodeGap {
+  return { node: '', from: '', to: '', cause: '', reason: '', ...init };
+}
+
+/**
  * How much of an answer may be missing.
  * message natlens.v1.Completeness
  */
@@ -479,10 +573,20 @@ export interface Completeness {
    * collectors = 5 (repeated string)
    */
   collectors: string[];
+  /**
+   * lost_by_stage["ringbuf_full"] by node and CPU: where the kernel's ring buffer overflowed.
+   * lost_per_cpu = 6 (repeated CpuLoss)
+   */
+  lostPerCpu: CpuLoss[];
+  /**
+   * Times nodes were not captured that overlap the window: their connections then are missing.
+   * gaps = 7 (repeated NodeGap)
+   */
+  gaps: NodeGap[];
 }
 /** New Completeness: every always-present field at its proto3 default, overridden by init. */
 export function createCompleteness(init: Partial<Completeness> = {}): Completeness {
-  return { eventsLost: 0n, lostByStage: {}, unstitched: 0n, nodesReporting: [], collectors: [], ...init };
+  return { eventsLost: 0n, lostByStage: {}, unstitched: 0n, nodesReporting: [], collectors: [], lostPerCpu: [], gaps: [], ...init };
 }
 
 /** message natlens.v1.WhoResponse */
@@ -697,6 +801,7 @@ export interface ProtoMessages {
   Tuple: Tuple;
   HopEvent: HopEvent;
   HealthCheckReading: HealthCheckReading;
+  CaptureGap: CaptureGap;
   LossReport: LossReport;
   EventBatch: EventBatch;
   Hello: Hello;
@@ -706,6 +811,8 @@ export interface ProtoMessages {
   CollectorMessage: CollectorMessage;
   WhoRequest: WhoRequest;
   WhoRow: WhoRow;
+  CpuLoss: CpuLoss;
+  NodeGap: NodeGap;
   Completeness: Completeness;
   WhoResponse: WhoResponse;
   EtpRequest: EtpRequest;
@@ -918,6 +1025,33 @@ export const PROTO_DESCRIPTOR = {
                 }
               }
             },
+            "CaptureGap": {
+              "fields": {
+                "fromNs": {
+                  "type": "fixed64",
+                  "id": 1,
+                  "protoName": "from_ns"
+                },
+                "toNs": {
+                  "type": "fixed64",
+                  "id": 2,
+                  "protoName": "to_ns"
+                },
+                "cause": {
+                  "type": "string",
+                  "id": 3
+                },
+                "reason": {
+                  "type": "string",
+                  "id": 4
+                },
+                "previousPid": {
+                  "type": "uint32",
+                  "id": 5,
+                  "protoName": "previous_pid"
+                }
+              }
+            },
             "LossReport": {
               "fields": {
                 "lost": {
@@ -937,6 +1071,17 @@ export const PROTO_DESCRIPTOR = {
                   "type": "string",
                   "id": 4,
                   "protoName": "agent_id"
+                },
+                "ringbufFullPerCpu": {
+                  "keyType": "uint32",
+                  "type": "uint64",
+                  "id": 5,
+                  "protoName": "ringbuf_full_per_cpu"
+                },
+                "gaps": {
+                  "rule": "repeated",
+                  "type": "CaptureGap",
+                  "id": 6
                 }
               }
             },
@@ -1180,6 +1325,47 @@ export const PROTO_DESCRIPTOR = {
                 }
               }
             },
+            "CpuLoss": {
+              "fields": {
+                "node": {
+                  "type": "string",
+                  "id": 1
+                },
+                "cpu": {
+                  "type": "uint32",
+                  "id": 2
+                },
+                "ringbufFull": {
+                  "type": "uint64",
+                  "id": 3,
+                  "protoName": "ringbuf_full"
+                }
+              }
+            },
+            "NodeGap": {
+              "fields": {
+                "node": {
+                  "type": "string",
+                  "id": 1
+                },
+                "from": {
+                  "type": "string",
+                  "id": 2
+                },
+                "to": {
+                  "type": "string",
+                  "id": 3
+                },
+                "cause": {
+                  "type": "string",
+                  "id": 4
+                },
+                "reason": {
+                  "type": "string",
+                  "id": 5
+                }
+              }
+            },
             "Completeness": {
               "fields": {
                 "eventsLost": {
@@ -1207,6 +1393,17 @@ export const PROTO_DESCRIPTOR = {
                   "rule": "repeated",
                   "type": "string",
                   "id": 5
+                },
+                "lostPerCpu": {
+                  "rule": "repeated",
+                  "type": "CpuLoss",
+                  "id": 6,
+                  "protoName": "lost_per_cpu"
+                },
+                "gaps": {
+                  "rule": "repeated",
+                  "type": "NodeGap",
+                  "id": 7
                 }
               }
             },

@@ -26,13 +26,17 @@ import {
   channelOptions,
   clientCredentials,
 } from './grpc-services.js';
-import type { HealthCheckReading, Hello, HopEvent, LossReport } from './proto.generated.js';
+import type { CaptureGap, HealthCheckReading, Hello, HopEvent, LossReport } from './proto.generated.js';
 
 export interface LossCounters {
   /** Cumulative events lost per stage since the agent started. */
   lost: Record<string, bigint | number>;
   /** Cumulative events captured (handed to push()) since the agent started. */
   captured: bigint | number;
+  /** lost.ringbuf_full by CPU number (LossReport.ringbuf_full_per_cpu). */
+  ringbufFullPerCpu?: Record<string, bigint | number>;
+  /** Times the node was not captured before the agent started (LossReport.gaps). */
+  gaps?: CaptureGap[];
 }
 
 export interface CollectorStreamClientOptions {
@@ -163,6 +167,8 @@ export class CollectorStreamClient extends EventEmitter {
   private pushed = 0;
   /** The client's loss counts in the last LossReport encoded. */
   private lossSent = { overflow: 0, invalid: 0, rejected: 0 };
+  /** lossChanged() since the last LossReport encoded. */
+  private lossDirty = false;
   private counters = { ackedBatches: 0, ackedEvents: 0, sentBatches: 0, sentEvents: 0, overflow: 0, invalid: 0, rejected: 0, reconnects: 0, healthOverflow: 0 };
 
   constructor(options: CollectorStreamClientOptions) {
@@ -286,7 +292,7 @@ export class CollectorStreamClient extends EventEmitter {
     this.closeOpenBatch(false);
     const c = this.counters;
     const sent = this.lossSent;
-    if (this.pending.length === 0 && (c.overflow !== sent.overflow || c.invalid !== sent.invalid || c.rejected !== sent.rejected)) {
+    if (this.pending.length === 0 && (this.lossDirty || c.overflow !== sent.overflow || c.invalid !== sent.invalid || c.rejected !== sent.rejected)) {
       this.pending.push({ id: nextBatchId(), events: [] });
     }
     this.pump();
@@ -371,21 +377,36 @@ export class CollectorStreamClient extends EventEmitter {
     if (pump) this.pump();
   }
 
+  /**
+   * The capture's loss counters moved (or it found a capture gap): send them soon even if no
+   * event comes to carry them, so that a burst's loss or a restart's gap does not wait for traffic.
+   */
+  lossChanged(): void {
+    if (this.closed) return;
+    this.lossDirty = true;
+    if (this.open.length === 0) this.flush();
+  }
+
   private lossReport(): LossReport {
     const lost: Record<string, bigint> = {};
+    const ringbufFullPerCpu: Record<string, bigint> = {};
+    let gaps: CaptureGap[] = [];
     let captured = BigInt(this.pushed);
+    this.lossDirty = false;
     if (this.lossProvider) {
       try {
         const l = this.lossProvider();
         for (const [k, v] of Object.entries(l.lost)) lost[k] = toBig(v);
         captured = toBig(l.captured);
+        for (const [k, v] of Object.entries(l.ringbufFullPerCpu ?? {})) ringbufFullPerCpu[k] = toBig(v);
+        gaps = l.gaps ?? [];
       } catch (err) {
         this.programmingError(err);
       }
     }
     this.lossSent = { overflow: this.counters.overflow, invalid: this.counters.invalid, rejected: this.counters.rejected };
     for (const [stage, n] of Object.entries(this.lossCounts())) if (n > 0) lost[stage] = (lost[stage] ?? 0n) + BigInt(n);
-    return { lost, captured, node: '', agentId: '' };
+    return { lost, captured, node: '', agentId: '', ringbufFullPerCpu, gaps };
   }
 
   /** What this client lost, by stage, as its LossReports name the stages (cumulative). */

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { formatTimestamp, serializeEvent, toAgentEvent, toStatsEvent } from '../../src/agent/events.js';
+import { formatPerCpu, formatTimestamp, serializeEvent, toAgentEvent, toStatsEvent } from '../../src/agent/events.js';
+import { captureGapOf, toGapEvent } from '../../src/agent/agent.js';
 import type { FlowRecord, StatsRecord } from '../../src/probe/record-decoder.js';
 
 const base: FlowRecord = {
@@ -49,6 +50,41 @@ describe('agent events', () => {
     } as StatsRecord['counters'];
     const ev = toStatsEvent({ kind: 'stats', tsNs: 0n, counters }, 'n', 4);
     expect(ev.lost).toEqual({ ringbuf_full: 3, pending_full: 2, netlink_lost: 5, decode_errors: 4, total: 14 });
+  });
+});
+
+describe('capture faults in agent events', () => {
+  const counters = {
+    ringbuf_full: 15, ct_miss: 0, pending_full: 0, parse_skip: 0, netlink_lost: 0, records_out: 85,
+    conn_seen: 85, drop_seen: 0, end_seen: 0, attached_ifaces: 3,
+  } as StatsRecord['counters'];
+
+  it('adds ringbuf_full_per_cpu (CPUs that lost any) to stats, summing to lost.ringbuf_full', () => {
+    const ev = toStatsEvent({ kind: 'stats', tsNs: 0n, counters }, 'node2', 0, undefined, [12, 0, 3]);
+    expect(ev.ringbuf_full_per_cpu).toEqual({ 0: 12, 2: 3 });
+    expect(Object.values(ev.ringbuf_full_per_cpu!).reduce((a, b) => a + b, 0)).toBe(ev.lost.ringbuf_full);
+    expect(formatPerCpu(ev.ringbuf_full_per_cpu!)).toBe('cpu0: 12, cpu2: 3');
+    expect(serializeEvent(ev)).toBe(JSON.stringify(ev));
+    // No loss: the stats line keeps the shape it always had.
+    expect(toStatsEvent({ kind: 'stats', tsNs: 0n, counters: { ...counters, ringbuf_full: 0 } }, 'n', 0, undefined, [0, 0])).not.toHaveProperty('ringbuf_full_per_cpu');
+  });
+
+  it('turns the probe\'s gap status into a gap event with exact nanoseconds', () => {
+    const status = {
+      event: 'gap', from_ns: '1765310179032329216', to_ns: '1765310185000000001', cause: 'crashed', previous_pid: 4242,
+      previous_state: 'running', reason: 'the previous natlens-probe (pid 4242) ended without detaching (killed or crashed)',
+    };
+    const gap = captureGapOf(status)!;
+    expect(gap).toEqual({ fromNs: 1765310179032329216n, toNs: 1765310185000000001n, cause: 'crashed', reason: status.reason, previousPid: 4242 });
+    expect(toGapEvent(gap, 'node2')).toEqual({
+      type: 'gap', node: 'node2', from: '2025-12-09T19:56:19.032329216Z', to: '2025-12-09T19:56:25.000000001Z', cause: 'crashed',
+      reason: status.reason, previous_pid: 4242, ts: '2025-12-09T19:56:25.000000001Z',
+    });
+    expect(captureGapOf({ ...status, cause: 'stopped' })?.cause).toBe('stopped');
+    // Not a gap: other events, numbers that lost precision, a gap running backwards.
+    expect(captureGapOf({ event: 'ready' })).toBeNull();
+    expect(captureGapOf({ ...status, from_ns: 1765310179032329216 as unknown as string })).toBeNull();
+    expect(captureGapOf({ ...status, from_ns: '1765310185000000002' })).toBeNull();
   });
 });
 

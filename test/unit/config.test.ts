@@ -22,4 +22,10 @@ describe('config: defaults < env < flags', () => {
     expect(() => resolveConfig(AGENT_SETTINGS, {}, { NATLENS_CAPTURE_MODE: 'xdp' })).toThrow("environment variable NATLENS_CAPTURE_MODE: 'xdp' must be one of auto, tc, ctnetlink");
     expect(() => resolveConfig(AGENT_SETTINGS, { drainMs: 'soon' }, {}, { drainMs: '--drain' })).toThrow("--drain: 'soon' is not a duration");
   });
+
+  it('takes ring sizes the kernel accepts: powers of two from one page (4 KiB)', () => {
+    expect(resolveConfig(AGENT_SETTINGS, { ringKb: '4' }, {}).ringKb).toBe(4);
+    expect(() => resolveConfig(AGENT_SETTINGS, { ringKb: '96' }, {})).toThrow("--ring-kb: '96' must be a power of two (e.g. 64 or 128)");
+    expect(() => resolveConfig(AGENT_SETTINGS, { ringKb: '2' }, {})).toThrow("--ring-kb: '2' must be a whole number from 4 to 1048576");
+  });
 });

@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import {
-  decodeRecord, RecordDecodeError, NL_RECORD_SIZE, NL_PROXY_DATA_MAX, IPS_DST_NAT, IPS_SRC_NAT, type ProxyRecord, type StatsRecord,
+  decodeRecord, isControlRecord, RecordDecodeError, NL_RECORD_SIZE, NL_PROXY_DATA_MAX, IPS_DST_NAT, IPS_SRC_NAT, type ProxyRecord, type StatsRecord,
 } from '../../src/probe/record-decoder.js';
-import { NL_PROXY, NlCounter, NlHook, NlRecordKind } from '../../src/probe/record-layout.generated.js';
+import { NL_CPU_LOSS, NL_PROXY, NlCounter, NlHook, NlRecordKind } from '../../src/probe/record-layout.generated.js';
 import {
   classifyProxyBytes, countProxyOutcome, newProxyCounts, serializeEvent, toProxyEvent, toStatsEvent, type ProxyCounts,
 } from '../../src/agent/events.js';
@@ -119,6 +119,40 @@ describe('record decoder (golden bytes)', () => {
     expect(r.counters.netlink_lost).toBe(3);
     expect(r.counters.conn_seen).toBe(1000);
     expect(r.counters.ct_miss).toBe(0);
+  });
+
+  it('decodes a CPU_LOSS record: which CPUs, then their cumulative ring-buffer loss', () => {
+    // CPUs 12 and 13 of a 14-CPU machine (the second chunk of NL_CPU_LOSS_SLOTS = 12).
+    const CPU_LOSS = Uint8Array.from([
+      // --- struct nl_header (0..23) ---
+      0x00, 0x6c, 0x9a, 0x3b, 0x41, 0xa4, 0x7f, 0x18, // 0  ts_ns u64 LE = 1765310179032329216 (as the STATS record after it)
+      0x07,                                           // 8  kind = NL_KIND_CPU_LOSS
+      0x00, 0x00, 0x00,                               // 9  family, proto, hook = 0
+      0x00, 0x00, 0x00, 0x00,                         // 12 ifindex = 0
+      0x00, 0x00, 0x00, 0x00,                         // 16 ct_status = 0
+      0x00, 0x00, 0x00, 0x00,                         // 20 tcp_isn = 0
+      // --- the CPU range (24..31) ---
+      0x0c, 0x00, 0x00, 0x00,                         // 24 cpu_first u32 LE = 12
+      0x02, 0x00,                                     // 28 cpu_count u16 LE = 2
+      0x0e, 0x00,                                     // 30 cpu_total u16 LE = 14 possible CPUs
+      // --- ringbuf_full[12] u64 LE (32..127) ---
+      0x39, 0x30, 0, 0, 0, 0, 0, 0,                   // 32 CPU 12: 12345 records lost
+      0x00, 0x00, 0, 0, 0, 0, 0, 0,                   // 40 CPU 13: none
+      ...new Array<number>(80).fill(0),               // 48..127 unused slots
+    ]);
+    expect(CPU_LOSS.length).toBe(NL_RECORD_SIZE);
+    expect(NL_CPU_LOSS.ringbuf_full.count).toBe(12);
+    expect(decodeRecord(CPU_LOSS)).toEqual({ kind: 'cpu_loss', tsNs: 0x187fa4413b9a6c00n, cpuFirst: 12, cpuTotal: 14, ringbufFull: [12345, 0] });
+    // A range past the CPUs the record says exist, or an empty one, is not a record.
+    const bad = Uint8Array.from(CPU_LOSS);
+    bad[30] = 13; // cpu_total 13 < 12 + 2
+    expect(() => decodeRecord(bad)).toThrow(/CPUs 12\.\.13 of 13/);
+    bad[30] = 14;
+    bad[28] = 0; // cpu_count 0
+    expect(() => decodeRecord(bad)).toThrow(RecordDecodeError);
+    // CPU_LOSS is bookkeeping: never handed to a flow sink.
+    expect(isControlRecord(CPU_LOSS, 0)).toBe(true);
+    expect(isControlRecord(CONN_V4, 0)).toBe(false);
   });
 
   it('rejects what is not a record: unknown kind, family, protocol, truncation', () => {

@@ -20,13 +20,23 @@ describe.skipIf(!built)('generated record layout', () => {
 describe('record bodies (generated layout)', () => {
   it('are all one record long and share struct nl_header, so kind/family/proto/hook/ts are read alike', async () => {
     const L = await import('../../src/probe/record-layout.generated.js');
-    for (const body of [L.NL_EVENT, L.NL_STATS, L.NL_PROXY]) {
+    for (const body of [L.NL_EVENT, L.NL_STATS, L.NL_PROXY, L.NL_CPU_LOSS]) {
       expect(body.size).toBe(L.NL_RECORD_SIZE);
       for (const [name, field] of Object.entries(L.NL_HEADER)) {
         if (name === 'size') continue;
         expect((body as unknown as Record<string, unknown>)[`hdr_${name}`], `hdr_${name}`).toEqual(field);
       }
     }
+  });
+
+  it('CPU_LOSS: the CPU range, then one u64 per CPU up to the end of the record', async () => {
+    const { NL_CPU_LOSS, NL_HEADER, NL_RECORD_SIZE, NlRecordKind } = await import('../../src/probe/record-layout.generated.js');
+    expect(NL_CPU_LOSS.cpu_first).toEqual({ offset: NL_HEADER.size, size: 4 });
+    expect(NL_CPU_LOSS.cpu_count).toEqual({ offset: NL_HEADER.size + 4, size: 2 });
+    expect(NL_CPU_LOSS.cpu_total).toEqual({ offset: NL_HEADER.size + 6, size: 2 });
+    const r = NL_CPU_LOSS.ringbuf_full;
+    expect(r.offset + r.size * r.count).toBe(NL_RECORD_SIZE);
+    expect(NlRecordKind.CPU_LOSS).toBe(7);
   });
 
   it('PROXY: tuple, then data_len, then the payload bytes up to the end of the record', async () => {

@@ -16,6 +16,7 @@ import {
   encodeWhoResponse,
   parseAgentMessage,
   protoRoot,
+  validateEventBatch,
 } from '../../src/transport/codec.js';
 import {
   HopKind,
@@ -23,6 +24,7 @@ import {
   createHopEvent,
   type HealthCheckReading,
   type AgentMessage,
+  type EventBatch,
   type HopEvent,
   type Tuple,
 } from '../../src/transport/proto.generated.js';
@@ -53,7 +55,7 @@ function conn(over: Partial<HopEvent> = {}): HopEvent {
 const hello = createHello({ protocolVersion: 1, node: 'node-a', agentId: 'agent-1', version: '0.1.0', nodeAddresses: [v4(10, 240, 0, 3), v6(3)] });
 
 function batchMsg(events: HopEvent[], seq = 1n): AgentMessage {
-  return { batch: { seq, events, loss: { lost: { ringbuf_full: 3n }, captured: 10n, node: '', agentId: '' }, batchId: 42n, healthChecks: [] } };
+  return { batch: { seq, events, loss: { lost: { ringbuf_full: 3n }, captured: 10n, node: '', agentId: '', ringbufFullPerCpu: {}, gaps: [] }, batchId: 42n, healthChecks: [] } };
 }
 
 /** Plain arrays of the byte fields so toEqual compares content, not Buffer vs Uint8Array. */
@@ -102,7 +104,11 @@ describe('transport codec round trips', () => {
       { tsNs: 1n << 62n, namespace: 'default', service: 'loadbalancer', port: 32122, statusCode: 503, localEndpoints: 0, error: '', node: '' },
       { tsNs: 5n, namespace: 'default', service: 'loadbalancer', port: 32122, statusCode: 0, localEndpoints: -1, error: 'connect ECONNREFUSED', node: 'node3' },
     ];
-    msg.batch!.loss = { lost: { ringbuf_full: 3n, queue_overflow: (1n << 62n) + 1n, zero: 0n }, captured: 123_456_789_012n, node: 'n', agentId: 'a' };
+    msg.batch!.loss = {
+      lost: { ringbuf_full: 3n, queue_overflow: (1n << 62n) + 1n, zero: 0n }, captured: 123_456_789_012n, node: 'n', agentId: 'a',
+      ringbufFullPerCpu: { 0: 2n, 7: 1n },
+      gaps: [{ fromNs: 1_765_310_179_032_329_216n, toNs: 1_765_310_185_000_000_001n, cause: 'crashed', reason: 'the previous natlens-probe (pid 4242) ended without detaching', previousPid: 4242 }],
+    };
     const back = decodeAgentMessage(encodeAgentMessage(msg));
     expect(norm(back)).toEqual(norm(msg));
     expect(typeof back.batch!.events[1]!.tsNs).toBe('bigint');
@@ -128,7 +134,7 @@ describe('transport codec round trips', () => {
     expect(e.node).toBe('');
     expect(e.hasIsn).toBe(false);
     const empty = decodeMessage('LossReport', new Uint8Array(0));
-    expect(empty).toEqual({ lost: {}, captured: 0n, node: '', agentId: '' });
+    expect(empty).toEqual({ lost: {}, captured: 0n, node: '', agentId: '', ringbufFullPerCpu: {}, gaps: [] });
   });
 
   it('WhoRequest and WhoResponse', () => {
@@ -159,7 +165,11 @@ describe('transport codec round trips', () => {
           pod: 'default/source-ip-app',
         },
       ],
-      complete: { eventsLost: 2n, lostByStage: { ringbuf_full: 2n }, unstitched: 0n, nodesReporting: ['node-a', 'node-b'], collectors: ['c1'] },
+      complete: {
+        eventsLost: 2n, lostByStage: { ringbuf_full: 2n }, unstitched: 0n, nodesReporting: ['node-a', 'node-b'], collectors: ['c1'],
+        lostPerCpu: [{ node: 'node-a', cpu: 1, ringbufFull: 2n }],
+        gaps: [{ node: 'node-b', from: '2025-01-01T00:00:00.500000000Z', to: '2025-01-01T00:00:03.000000000Z', cause: 'stopped', reason: 'the previous natlens-probe (pid 7) was stopped' }],
+      },
       pod: 'default/source-ip-app',
       node: 'node1',
     };
@@ -222,7 +232,7 @@ describe('hand-coded hot path (AgentMessage, EventBatch, HopEvent, Tuple)', () =
   it('agrees with protobufjs both ways on 300 random batches', () => {
     for (let i = 0; i < 300; i++) {
       const events = Array.from({ length: rnd(8) }, randomEvent);
-      const msg: AgentMessage = { batch: { seq: u64() || 1n, events, loss: rnd(2) ? { lost: { a: u64(), b: 0n }, captured: u64(), node: str(), agentId: str() } : undefined, batchId: u64(), healthChecks: Array.from({ length: rnd(3) }, randomReading) } };
+      const msg: AgentMessage = { batch: { seq: u64() || 1n, events, loss: rnd(2) ? { lost: { a: u64(), b: 0n }, captured: u64(), node: str(), agentId: str(), ringbufFullPerCpu: rnd(2) ? { 1: u64() } : {}, gaps: [] } : undefined, batchId: u64(), healthChecks: Array.from({ length: rnd(3) }, randomReading) } };
       const fast = encodeAgentMessage(msg);
       const viaPbjs = decodeMessage('AgentMessage', fast);
       expect(norm(viaPbjs)).toEqual(norm(msg));
@@ -295,6 +305,21 @@ describe('transport codec validation', () => {
   it('ports above 65535', () => {
     expectProtocolError(() => decodeEvents([conn({ orig: tuple(v4(1, 1, 1, 1), v4(2, 2, 2, 2), 65536, 80) })]), /orig\.sport: port must be an integer 0\.\.65535, got 65536/);
     expectProtocolError(() => decodeEvents([conn({ reply: tuple(v4(1, 1, 1, 1), v4(2, 2, 2, 2), 80, 70000) })]), /reply\.dport: .*70000/);
+  });
+
+  it('loss reports: per-CPU keys are CPU numbers, gaps run forwards and name a known cause', () => {
+    const withLoss = (loss: Partial<NonNullable<EventBatch['loss']>>) => {
+      const msg = batchMsg([conn()]);
+      msg.batch!.loss = { ...msg.batch!.loss!, ...loss };
+      return () => decodeAgentMessage(encodeAgentMessage(msg, { validate: false }));
+    };
+    const gap = { fromNs: 10n, toNs: 20n, cause: 'crashed', reason: 'killed', previousPid: 1 };
+    expect(withLoss({ ringbufFullPerCpu: { 3: 5n }, gaps: [gap] })().batch!.loss).toMatchObject({ ringbufFullPerCpu: { 3: 5n }, gaps: [gap] });
+    expectProtocolError(withLoss({ gaps: [{ ...gap, fromNs: 21n }] }), /batch\.loss\.gaps\[0\]: from_ns 21 is after to_ns 20/);
+    expectProtocolError(withLoss({ gaps: [{ ...gap, cause: 'bored' }] }), /batch\.loss\.gaps\[0\]\.cause: must be crashed, stopped or failed, got "bored"/);
+    expectProtocolError(withLoss({ gaps: Array.from({ length: 65 }, () => gap) }), /batch\.loss\.gaps: 65 gaps, more than 64/, 'too_large');
+    expectProtocolError(() => validateEventBatch({ ...batchMsg([]).batch!, loss: { ...batchMsg([]).batch!.loss!, ringbufFullPerCpu: { cpu0: 1n } } }),
+      /batch\.loss\.ringbuf_full_per_cpu\["cpu0"\]: the key must be a CPU number/);
   });
 
   it('batch larger than the configured maximum', () => {

@@ -9,13 +9,16 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { ClickHouseLogLevel, createClient, type ClickHouseClient, type ClickHouseClientConfigOptions } from '@clickhouse/client';
-import type { Addr16, ConnectionRecord, Hop, LossSample } from '../hop.js';
+import type { Addr16, CaptureGapRecord, ConnectionRecord, Hop, LossSample } from '../hop.js';
 import { formatIPv6 } from '../../probe/ip-format.js';
 import { NatlensError } from '../../util/errors.js';
 import { RowBinaryWriter } from './row-binary.js';
 import {
+  agentLossPerCpuTable,
   agentLossTable,
   ALL_TABLES,
+  captureGapsTable,
+  cpuLossRows,
   columnList,
   connectionsTable,
   createDatabaseSql,
@@ -103,6 +106,22 @@ export interface LossSummary {
   byStage: Record<string, number>;
   /** Nodes whose agents reported within the window. */
   nodes: string[];
+}
+
+/** Ring-buffer loss of one CPU of one node within a window. */
+export interface CpuLossSummary {
+  node: string;
+  cpu: number;
+  ringbufFull: number;
+}
+
+/** A time a node was not captured, as stored (one per node, from and to, whoever reported it). */
+export interface CaptureGapSummary {
+  node: string;
+  fromNs: bigint;
+  toNs: bigint;
+  cause: string;
+  reason: string;
 }
 
 const DEFAULT_DATABASE = 'natlens';
@@ -213,6 +232,48 @@ export class ClickHouseStore {
   async insertLoss(s: LossSample[]): Promise<void> {
     if (s.length === 0) return;
     await this.#insert(agentLossTable, lossRows(s));
+    await this.#insert(agentLossPerCpuTable, cpuLossRows(s));
+  }
+
+  async insertCaptureGaps(gaps: CaptureGapRecord[]): Promise<void> {
+    await this.#insert(captureGapsTable, gaps);
+  }
+
+  /**
+   * Ring-buffer loss by node and CPU since `sinceNs`, read like lossSince (cumulative per agent_id
+   * and CPU): the counts of a node sum to its share of lossSince's ringbuf_full.
+   */
+  async lossPerCpuSince(sinceNs: bigint): Promise<CpuLossSummary[]> {
+    const table = qualified(this.database, agentLossPerCpuTable);
+    const since = 'fromUnixTimestamp64Nano({since:Int64})';
+    const query = `
+      SELECT node, cpu, toString(sum(inc)) AS lost
+      FROM (
+        SELECT agent_id, cpu, argMax(node, ts) AS node,
+          greatest(toInt64(maxIf(ringbuf_full, ts >= ${since})) - if(countIf(ts < ${since}) > 0, toInt64(argMaxIf(ringbuf_full, ts, ts < ${since})), 0), 0) AS inc
+        FROM ${table}
+        GROUP BY agent_id, cpu
+        HAVING countIf(ts >= ${since}) > 0
+      )
+      WHERE inc > 0
+      GROUP BY node, cpu
+      ORDER BY node, cpu`;
+    const rows = await this.#select<{ node: string; cpu: number; lost: string }>('loss per CPU', agentLossPerCpuTable, query, { since: sinceNs.toString() });
+    return rows.map((r) => ({ node: r.node, cpu: Number(r.cpu), ringbufFull: Number(r.lost) }));
+  }
+
+  /** Gaps that end at or after `sinceNs` (so overlap the window up to now), oldest first. */
+  async captureGapsSince(sinceNs: bigint): Promise<CaptureGapSummary[]> {
+    const table = qualified(this.database, captureGapsTable);
+    const query = `
+      SELECT node, toString(toUnixTimestamp64Nano(from_ts)) AS from_ns, toString(toUnixTimestamp64Nano(ts)) AS to_ns,
+             any(cause) AS cause, any(reason) AS reason
+      FROM ${table}
+      WHERE ts >= fromUnixTimestamp64Nano({since:Int64})
+      GROUP BY node, from_ts, ts
+      ORDER BY from_ts, node`;
+    const rows = await this.#select<{ node: string; from_ns: string; to_ns: string; cause: string; reason: string }>('capture gaps', captureGapsTable, query, { since: sinceNs.toString() });
+    return rows.map((r) => ({ node: r.node, fromNs: BigInt(r.from_ns), toNs: BigInt(r.to_ns), cause: r.cause, reason: r.reason }));
   }
 
   /**

@@ -3,7 +3,7 @@
  * name, a ClickHouse type, and how to read its value from a record; the DDL, the `file()` structure
  * string and the RowBinary encoder are all derived from that, so they cannot drift apart.
  */
-import type { Addr16, ConnectionRecord, Hop, HopKind, LossSample, Proto, StitchStatus } from '../hop.js';
+import type { Addr16, CaptureGapRecord, ConnectionRecord, Hop, HopKind, LossSample, Proto, StitchStatus } from '../hop.js';
 import type { RowBinaryWriter } from './row-binary.js';
 
 /** A ClickHouse type and how one value of it is written in RowBinary. */
@@ -210,6 +210,58 @@ export const agentLossTable: TableDef<LossRow> = {
   ]),
 };
 
+/** One row of agent_loss_per_cpu: one CPU of one LossSample's ringbuf_full. */
+export interface CpuLossRow {
+  sample: LossSample;
+  cpu: number;
+  ringbufFull: number;
+}
+
+export function cpuLossRows(samples: readonly LossSample[]): CpuLossRow[] {
+  const rows: CpuLossRow[] = [];
+  for (const sample of samples) {
+    for (const [cpu, n] of Object.entries(sample.ringbufFullPerCpu ?? {})) rows.push({ sample, cpu: Number(cpu), ringbufFull: n });
+  }
+  return rows;
+}
+
+/** Where the kernel's ring buffer overflowed: written with agent_loss, read the same way (cumulative per agent_id). */
+export const agentLossPerCpuTable: TableDef<CpuLossRow> = {
+  name: 'agent_loss_per_cpu',
+  engine: 'MergeTree',
+  orderBy: ['ts', 'node'],
+  timeColumn: 'ts',
+  columns: columnsOf<CpuLossRow>((c) => [
+    c('ts', T.DateTime64ns, (r) => r.sample.tsNs),
+    c('node', T.LowCardinalityString, (r) => r.sample.node),
+    c('agent_id', T.String, (r) => r.sample.agentId),
+    c('cpu', T.UInt32, (r) => r.cpu),
+    // Cumulative since the agent (agent_id) started; readers take differences.
+    c('ringbuf_full', T.UInt64, (r) => r.ringbufFull),
+  ]),
+};
+
+/**
+ * Times nodes were not captured (proto CaptureGap). `ts` is when capture resumed, so a window's
+ * gaps are a primary-key range. Every loss report of an agent repeats its gaps: the collector
+ * stores each once per run, and readers group duplicates (a collector restart stores them again).
+ */
+export const captureGapsTable: TableDef<CaptureGapRecord> = {
+  name: 'capture_gaps',
+  engine: 'ReplacingMergeTree',
+  orderBy: ['ts', 'node', 'from_ts'],
+  timeColumn: 'ts',
+  columns: columnsOf<CaptureGapRecord>((c) => [
+    c('ts', T.DateTime64ns, (r) => r.toNs),
+    c('from_ts', T.DateTime64ns, (r) => r.fromNs),
+    c('node', T.LowCardinalityString, (r) => r.node),
+    c('agent_id', T.String, (r) => r.agentId),
+    c('cause', T.LowCardinalityString, (r) => r.cause),
+    c('reason', T.String, (r) => r.reason),
+    c('previous_pid', T.UInt32, (r) => r.previousPid),
+  ]),
+};
+
 /**
  * One observed state of a Kubernetes Service with its endpoints (written by the collector's
  * Kubernetes watch whenever any of these changes): read a past connection against the row in force
@@ -323,7 +375,8 @@ export const healthChecksTable: TableDef<HealthCheckRow> = {
   ]),
 };
 
-export const ALL_TABLES: ReadonlyArray<TableDef<never>> = [hopsTable, connectionsTable, agentLossTable, serviceHistoryTable, podHistoryTable, healthChecksTable];
+export const ALL_TABLES: ReadonlyArray<TableDef<never>> = [hopsTable, connectionsTable, agentLossTable, serviceHistoryTable, podHistoryTable, healthChecksTable,
+  agentLossPerCpuTable, captureGapsTable];
 
 // --- SQL derived from the declarations -------------------------------------------------------
 
