@@ -28,6 +28,7 @@ class MemoryStore {
   async insertConnections(c: ConnectionRecord[]): Promise<void> { this.check(); this.connections.push(...c); }
   async insertHealthChecks(): Promise<void> { this.check(); }
   async insertLoss(): Promise<void> { this.check(); }
+  async insertCaptureGaps(): Promise<void> { this.check(); }
   async insertServiceHistory(): Promise<void> { this.check(); }
   async insertPodHistory(): Promise<void> { this.check(); }
   async ping(): Promise<void> { this.check(); }
