@@ -311,7 +311,7 @@ describe.skipIf(!!skip)('agent faults', () => {
     expect(ms(gap.to)).toBeLessThanOrEqual(bReadySeen);
     const events = eventsOf(b);
     expect(events.findIndex((e) => e.type === 'gap')).toBe(events.findIndex((e) => e.type === 'ready') + 1);
-    expect(b.stderr.join('\n')).toMatch(/warning: not capturing from .* to .*: the previous natlens-probe/);
+    expect(b.stderr.join('\n')).toMatch(/"level":"warn".*not capturing from .* to .*: the previous natlens-probe/);
 
     // Capture resumed.
     const after = await loadRun(5, 1, 5);
@@ -367,7 +367,7 @@ describe.skipIf(!!skip)('agent faults', () => {
     expect(c.conn_seen + c.ringbuf_full - others, 'no SYN counted twice (retransmits aside)').toBeLessThanOrEqual(BURST + 20);
     expect(stats.lost.total).toBeGreaterThanOrEqual(stats.lost.ringbuf_full);
     // Never silent: the agent warned, naming the CPUs.
-    expect(a.stderr.join('\n')).toMatch(/warning: kernel ring buffer full: \d+ events lost \(\d+ since start; cpu\d+: \d+/);
+    expect(a.stderr.join('\n')).toMatch(/"level":"warn".*kernel ring buffer full: \d+ events lost \(\d+ since start; cpu\d+: \d+/);
   }, 120_000);
 
   it('(a, b) through a collector: who --json shows the per-CPU loss and the crash gap', async () => {
