@@ -37,6 +37,15 @@ const bool: Parser<boolean> = (text, source) => {
   throw new UsageError(`${source}: '${text}' must be true or false`);
 };
 
+/** Transport security of every command that connects (docs/security.md): mutual TLS, or --plaintext for a lab. */
+const TLS_SETTINGS = {
+  tlsCa: { env: 'NATLENS_TLS_CA', default: undefined, parse: optionalStr, help: 'PEM file of the CA that issued natlens certificates (mutual TLS)' },
+  tlsCert: { env: 'NATLENS_TLS_CERT', default: undefined, parse: optionalStr, help: 'PEM file of this process\'s certificate' },
+  tlsKey: { env: 'NATLENS_TLS_KEY', default: undefined, parse: optionalStr, help: 'PEM file of this process\'s private key' },
+  tlsServerName: { env: 'NATLENS_TLS_SERVER_NAME', default: undefined, parse: optionalStr, help: 'verify the collector\'s certificate for this name instead of the target host' },
+  plaintext: { env: 'NATLENS_PLAINTEXT', default: false, parse: bool, help: 'no TLS, no authentication: for a lab only' },
+} satisfies Record<string, Setting<unknown>>;
+
 export const AGENT_SETTINGS = {
   node: { env: 'NATLENS_NODE', default: hostname(), parse: str, help: 'node name reported with every event' },
   netns: { env: 'NATLENS_NETNS', default: undefined, parse: optionalStr, help: 'network namespace to capture in (path, e.g. /run/netns/nl-node1)' },
@@ -60,6 +69,7 @@ export const AGENT_SETTINGS = {
   kubeconfig: { env: 'NATLENS_KUBECONFIG', default: undefined, parse: optionalStr, help: 'watch Kubernetes through this kubeconfig file' },
   healthIntervalMs: { env: 'NATLENS_HEALTH_CHECK_INTERVAL', default: 2000, parse: durationMs(100, 600_000), help: 'read this node\'s health-check node ports this often' },
   queueEvents: { env: 'NATLENS_QUEUE_EVENTS', default: 200_000, parse: int(1000, 10_000_000), help: 'events held while the collector is slow or away; beyond, new events are counted lost' },
+  ...TLS_SETTINGS,
 } satisfies Record<string, Setting<unknown>>;
 
 const hostPort: Parser<string> = (text, source) => {
@@ -85,11 +95,16 @@ export const COLLECTOR_SETTINGS = {
   maxMessageBytes: { env: 'NATLENS_MAX_MESSAGE_BYTES', default: 16 << 20, parse: int(1024, 256 << 20), help: 'largest gRPC message accepted' },
   kubernetes: { env: 'NATLENS_KUBERNETES', default: false, parse: bool, help: 'watch Kubernetes (in-cluster config, else $KUBECONFIG / ~/.kube/config) for names and Service history' },
   kubeconfig: { env: 'NATLENS_KUBECONFIG', default: undefined, parse: optionalStr, help: 'watch Kubernetes through this kubeconfig file' },
+  ...TLS_SETTINGS,
+  queryTokenFile: { env: 'NATLENS_QUERY_TOKEN_FILE', default: undefined, parse: optionalStr, help: 'bearer tokens the query API accepts, one per line' },
 } satisfies Record<string, Setting<unknown>>;
 
 export const QUERY_SETTINGS = {
   collector: { env: 'NATLENS_COLLECTOR', default: '127.0.0.1:7070', parse: hostPort, help: 'the collector to ask' },
   sinceMs: { env: 'NATLENS_SINCE', default: 3_600_000, parse: durationMs(1000, 366 * 24 * 3_600_000), help: 'look back this far' },
+  ...TLS_SETTINGS,
+  tokenFile: { env: 'NATLENS_TOKEN_FILE', default: undefined, parse: optionalStr, help: 'file holding the bearer token for the query API' },
+  token: { env: 'NATLENS_TOKEN', default: undefined, parse: optionalStr, help: 'the bearer token itself (no flag: flags show in ps)' },
 } satisfies Record<string, Setting<unknown>>;
 
 type Settings = Record<string, Setting<unknown>>;

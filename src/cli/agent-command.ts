@@ -6,9 +6,12 @@ import { UsageError } from '../util/errors.js';
 import { JsonLineEncoder } from '../agent/json-line-encoder.js';
 import { CollectorOutput, type CollectorOutputOptions } from '../agent/collector-output.js';
 import { loadKubeConfig } from '../k8s/kube-config.js';
+import { addSecurityOptions, securityFlags } from './security-options.js';
+import { resolveTransportSecurity, type TransportSecurity } from '../transport/tls.js';
+import { checkAgentCapabilities } from '../agent/capabilities.js';
 
 export function registerAgentCommand(program: Command): void {
-  program
+  const cmd = program
     .command('agent')
     .summary('capture Service connections on this node and stream them')
     .description(
@@ -39,14 +42,17 @@ export function registerAgentCommand(program: Command): void {
     .option('--lock-dir <dir>', 'per-namespace agent locks (default /run/natlens)')
     .option('--kubernetes', 'watch Kubernetes (in-cluster, else $KUBECONFIG or ~/.kube/config) and read this node\'s health-check node ports')
     .option('--kubeconfig <path>', 'the same through this kubeconfig (e.g. the lab\'s: natlens lab api-server)')
-    .option('--health-check-interval <duration>', 'read health-check node ports this often (default 2s)')
+    .option('--health-check-interval <duration>', 'read health-check node ports this often (default 2s)');
+  addSecurityOptions(cmd, 'agent')
     .addHelpText(
       'after',
       '\nExamples:\n' +
         '  # one agent per lab node (see: natlens lab up)\n' +
         '  natlens agent --node node2 --netns /run/netns/nl-node2 --stdout\n' +
         '  # stream to a collector (see: natlens collector --help)\n' +
-        '  natlens agent --node node2 --netns /run/netns/nl-node2 --collector 127.0.0.1:7070\n' +
+        '  natlens agent --node node2 --netns /run/netns/nl-node2 --collector 127.0.0.1:7070 --plaintext\n' +
+        '  # over mutual TLS (certificates: natlens certs --help, docs/security.md)\n' +
+        '  natlens agent --collector collector.example:7070 --tls-ca ca.crt --tls-cert node2.crt --tls-key node2.key\n' +
         '  # only the NodePort-relevant events\n' +
         '  natlens agent --node node2 --netns /run/netns/nl-node2 --stdout | jq -c \'select(.snat)\'\n\n' +
         'Environment (overridden by flags):\n' +
@@ -65,14 +71,19 @@ export function registerAgentCommand(program: Command): void {
         queueEvents: opts.queueEvents as string | undefined,
         kubernetes: opts.kubernetes as boolean | undefined, kubeconfig: opts.kubeconfig as string | undefined,
         healthIntervalMs: opts.healthCheckInterval as string | undefined,
+        ...securityFlags(opts),
       }, process.env, { drainMs: '--drain', dropAfterMs: '--drop-after', statsIntervalMs: '--stats-interval', healthIntervalMs: '--health-check-interval' });
       if (!opts.stdout === !cfg.collector) throw new UsageError('agent: choose one output: --collector HOST:PORT or --stdout');
       const kubernetes = cfg.kubernetes || cfg.kubeconfig
         ? { kubeConfig: loadKubeConfig({ kubeconfig: cfg.kubeconfig }), healthIntervalMs: cfg.healthIntervalMs }
         : undefined;
       if (kubernetes && !cfg.collector) throw new UsageError('agent: --kubernetes/--kubeconfig need --collector (health-check readings go to the collector)');
-      if (cfg.collector) await runAgentToCollector(new Agent(cfg), cfg.collector, cfg.batchEvents, cfg.queueEvents, kubernetes);
-      else await runAgentToStdout(new Agent(cfg));
+      // Before anything is attached: what is missing is said at once, each capability with its use.
+      checkAgentCapabilities({ netns: cfg.netns, mode: cfg.mode });
+      if (cfg.collector) {
+        const security = resolveTransportSecurity(cfg, 'agent', 'agent');
+        await runAgentToCollector(new Agent(cfg), cfg.collector, cfg.batchEvents, cfg.queueEvents, kubernetes, security);
+      } else await runAgentToStdout(new Agent(cfg));
     });
 }
 
@@ -144,8 +155,11 @@ export async function runAgentToCollector(
   batchEvents: number,
   queueEvents: number,
   kubernetes?: CollectorOutputOptions['kubernetes'],
+  security?: TransportSecurity,
 ): Promise<void> {
-  const output = new CollectorOutput(agent, { target, batchEvents, queueEvents, kubernetes });
+  const output = new CollectorOutput(agent, { target, batchEvents, queueEvents, kubernetes, security });
+  if (security?.mode === 'plaintext') logStatus({ event: 'warn', msg: `plain text to ${target}: events travel unencrypted and unauthenticated (--plaintext, for a lab only)` });
+  else if (security) logStatus({ event: 'tls', cert: security.material.files.cert, expires: security.material.expires, serverName: security.serverName });
   output.on('status', logStatus);
   agent.on('warn', (msg: string) => logStatus({ event: 'warn', msg }));
   agent.on('event', (ev: AgentEvent) => {

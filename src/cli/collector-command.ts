@@ -9,9 +9,12 @@ import { ClusterMetadata } from '../k8s/cluster-metadata.js';
 import { ClusterWatch } from '../k8s/cluster-watch.js';
 import { loadKubeConfig } from '../k8s/kube-config.js';
 import { NATLENS_VERSION } from '../util/paths.js';
+import { addSecurityOptions, securityFlags } from './security-options.js';
+import { resolveTransportSecurity } from '../transport/tls.js';
+import { QueryTokens, type ServerSecurity } from '../transport/auth.js';
 
 export function registerCollectorCommand(program: Command): void {
-  program
+  const cmd = program
     .command('collector')
     .summary('receive agents\' streams, stitch SNAT hops, store them in ClickHouse, answer queries')
     .description(
@@ -32,11 +35,13 @@ export function registerCollectorCommand(program: Command): void {
     .option('--retention <duration>', 'keep stitching late hops this long after storing a connection (default 15s)')
     .option('--flush-interval <duration>', 'store received events at least this often (default 250ms)')
     .option('--kubernetes', 'watch Kubernetes (in-cluster, else $KUBECONFIG or ~/.kube/config): pod and Service names, Service history for etp')
-    .option('--kubeconfig <path>', 'watch Kubernetes through this kubeconfig (e.g. the lab\'s: natlens lab api-server)')
+    .option('--kubeconfig <path>', 'watch Kubernetes through this kubeconfig (e.g. the lab\'s: natlens lab api-server)');
+  addSecurityOptions(cmd, 'collector')
     .addHelpText('after',
       '\nExamples:\n' +
-        '  natlens collector --data /var/lib/natlens                       # embedded store\n' +
-        '  natlens collector --listen 0.0.0.0:7070 --clickhouse-url http://clickhouse:8123\n' +
+        '  natlens collector --data /var/lib/natlens --plaintext           # embedded store, lab (no TLS, no auth)\n' +
+        '  natlens collector --listen 0.0.0.0:7070 --clickhouse-url http://clickhouse:8123 \\\n' +
+        '      --tls-ca ca.crt --tls-cert collector.crt --tls-key collector.key --query-token-file tokens\n' +
         '  # two collectors behind one address: both hops of a connection meet at the one owning its pod\n' +
         '  natlens collector --id c1 --listen 10.0.0.5:7070 --peers c1=10.0.0.5:7070,c2=10.0.0.6:7070 --data /var/lib/natlens\n\n' +
         'Environment (overridden by flags):\n' +
@@ -46,6 +51,7 @@ export function registerCollectorCommand(program: Command): void {
         listen: opts.listen, data: opts.data, clickhouseUrl: opts.clickhouseUrl, database: opts.database, ttlDays: opts.ttlDays,
         id: opts.id, peers: opts.peers, holdMs: opts.hold, windowMs: opts.window, retentionMs: opts.retention, flushMs: opts.flushInterval,
         kubernetes: opts.kubernetes as string | boolean | undefined, kubeconfig: opts.kubeconfig,
+        ...securityFlags(opts),
       }, process.env, { holdMs: '--hold', windowMs: '--window', retentionMs: '--retention', flushMs: '--flush-interval' });
       await runCollector(cfg);
     });
@@ -62,6 +68,8 @@ export interface CollectorService {
   ring: PeerRing;
   /** The Kubernetes watch, when configured. */
   watch?: ClusterWatch;
+  /** TLS or plain text, and the query tokens. */
+  security: ServerSecurity;
   /** Stops taking streams, stores what is held, closes the store. */
   close(): Promise<void>;
 }
@@ -69,10 +77,12 @@ export interface CollectorService {
 /** Store + collector + gRPC server from one configuration: `natlens collector` and the demo. */
 export async function startCollectorService(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): Promise<CollectorService> {
   if (!cfg.data === !cfg.clickhouseUrl) throw new UsageError('collector: give exactly one store: --data DIR (embedded) or --clickhouse-url URL');
+  // Before the store opens: a collector without a security choice never listens.
+  const security = collectorSecurity(cfg);
   const ring = new PeerRing(cfg.id, PeerRing.parsePeers(cfg.peers));
   const store = await ClickHouseStore.open({ dataDir: cfg.data, url: cfg.clickhouseUrl, database: cfg.database, ttlDays: cfg.ttlDays });
   const collector = new Collector({
-    ring, store, version: NATLENS_VERSION, flushIntervalMs: cfg.flushMs, maxBufferedHops: 500_000,
+    ring, store, version: NATLENS_VERSION, flushIntervalMs: cfg.flushMs, maxBufferedHops: 500_000, peerSecurity: security.transport,
     stitcher: { holdMs: cfg.holdMs, windowMs: cfg.windowMs, retentionMs: cfg.retentionMs, maxChains: 2_000_000 },
   });
   collector.start();
@@ -96,6 +106,7 @@ export async function startCollectorService(cfg: ConfigOf<typeof COLLECTOR_SETTI
       maxBatchEvents: cfg.maxBatchEvents, maxMessageBytes: cfg.maxMessageBytes,
       // Acks wait for the store (a few hundred ms): keep enough batches in flight to cover that.
       maxInflightBatchesPerStream: 64,
+      security,
     });
   } catch (err) {
     await watch?.stop();
@@ -104,7 +115,7 @@ export async function startCollectorService(cfg: ConfigOf<typeof COLLECTOR_SETTI
     throw err;
   }
   return {
-    collector, store, server, ring, watch,
+    collector, store, server, ring, watch, security,
     async close() {
       await watch?.stop();
       await server.close();
@@ -118,6 +129,16 @@ export async function runCollector(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): Pr
   const service = await startCollectorService(cfg);
   const { collector, server, ring } = service;
   collector.on('warn', (msg: string) => status('warn', { msg }));
+  const { transport, queryTokens } = service.security;
+  if (transport.mode === 'plaintext') {
+    status('warn', {
+      msg: queryTokens
+        ? 'plain text (--plaintext): agents\' streams are unencrypted and unauthenticated, tokens travel in clear; for a lab only'
+        : 'unauthenticated lab mode (--plaintext without --query-token-file): anyone who reaches this port can stream events and query; for a lab only',
+    });
+  } else {
+    status('tls', { cert: transport.material.files.cert, expires: transport.material.expires, clientCertificates: queryTokens ? 'requested (queries may use a token instead)' : 'required', queryTokens: queryTokens?.size ?? 0 });
+  }
   status('listening', { address: cfg.listen, port: server.port, id: cfg.id, store: cfg.data ? { embedded: cfg.data } : { url: redact(cfg.clickhouseUrl!) }, peers: ring.peers.map((p) => p.id) });
   const statsTimer = setInterval(() => status('stats', collector.stats()), 10_000);
   statsTimer.unref();
@@ -142,4 +163,11 @@ function redact(url: string): string {
   } catch {
     return '(unparsable URL)';
   }
+}
+
+/** TLS (or the explicit --plaintext) and the query tokens, checked before anything listens. */
+export function collectorSecurity(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): ServerSecurity {
+  const transport = resolveTransportSecurity(cfg, 'collector', 'collector');
+  const queryTokens = cfg.queryTokenFile === undefined ? undefined : QueryTokens.load(cfg.queryTokenFile);
+  return { transport, queryTokens };
 }
