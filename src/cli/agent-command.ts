@@ -78,12 +78,11 @@ export function registerAgentCommand(program: Command): void {
         ? { kubeConfig: loadKubeConfig({ kubeconfig: cfg.kubeconfig }), healthIntervalMs: cfg.healthIntervalMs }
         : undefined;
       if (kubernetes && !cfg.collector) throw new UsageError('agent: --kubernetes/--kubeconfig need --collector (health-check readings go to the collector)');
+      const security = cfg.collector ? resolveTransportSecurity(cfg, 'agent', 'agent') : undefined;
       // Before anything is attached: what is missing is said at once, each capability with its use.
       checkAgentCapabilities({ netns: cfg.netns, mode: cfg.mode });
-      if (cfg.collector) {
-        const security = resolveTransportSecurity(cfg, 'agent', 'agent');
-        await runAgentToCollector(new Agent(cfg), cfg.collector, cfg.batchEvents, cfg.queueEvents, kubernetes, security);
-      } else await runAgentToStdout(new Agent(cfg));
+      if (cfg.collector) await runAgentToCollector(new Agent(cfg), cfg.collector, cfg.batchEvents, cfg.queueEvents, kubernetes, security);
+      else await runAgentToStdout(new Agent(cfg));
     });
 }
 
