@@ -105,9 +105,14 @@ function checkValidity(cert: X509Certificate, path: string, flag: string, now: D
  */
 export function loadTlsMaterial(files: TlsFiles, now = new Date()): TlsMaterial {
   const ca = readFile(files.ca, '--tls-ca', 'CA certificate');
-  const caCert = parseCertificate(ca, files.ca, '--tls-ca', 'CA certificate');
-  if (!caCert.ca) throw new TlsConfigError(`--tls-ca ${files.ca}: this certificate is not a CA (basicConstraints CA:FALSE); give the CA that issued the certificates`);
-  checkValidity(caCert, files.ca, '--tls-ca', now);
+  // A bundle of several CAs is allowed (rotating the CA: old and new trusted side by side).
+  const caCerts = (ca.toString('latin1').match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) ?? [ca.toString('latin1')])
+    .map((pem) => parseCertificate(Buffer.from(pem, 'latin1'), files.ca, '--tls-ca', 'CA certificate'));
+  for (const caCert of caCerts) {
+    if (!caCert.ca) throw new TlsConfigError(`--tls-ca ${files.ca}: this certificate is not a CA (basicConstraints CA:FALSE); give the CA that issued the certificates`);
+  }
+  const valid = caCerts.filter((c) => new Date(c.validTo) > now && new Date(c.validFrom) <= now);
+  if (valid.length === 0) checkValidity(caCerts[0]!, files.ca, '--tls-ca', now);
   if ((files.cert === undefined) !== (files.key === undefined)) {
     throw new TlsConfigError(files.cert === undefined
       ? `--tls-key ${files.key} is given without --tls-cert: give both (the certificate and its key)`
@@ -126,7 +131,7 @@ export function loadTlsMaterial(files: TlsFiles, now = new Date()): TlsMaterial 
   if (!certificate.checkPrivateKey(keyObject)) {
     throw new TlsConfigError(`--tls-key ${files.key} is not the key of --tls-cert ${files.cert}: give the key the certificate was issued for`);
   }
-  if (!certificate.checkIssued(caCert) || !certificate.verify(caCert.publicKey)) {
+  if (!valid.some((caCert) => certificate.checkIssued(caCert) && certificate.verify(caCert.publicKey))) {
     throw new TlsConfigError(`--tls-cert ${files.cert} was not issued by the CA in --tls-ca ${files.ca} (issuer: ${certificate.issuer.replace(/\n/g, ', ')}); peers would refuse it`);
   }
   checkValidity(certificate, files.cert, '--tls-cert', now);

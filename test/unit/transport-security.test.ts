@@ -146,6 +146,14 @@ describe('TLS settings', () => {
     for (const [s, message] of cases) expect(errorOf(() => resolveTransportSecurity(s, 'agent', 'agent')).message).toMatch(message);
   });
 
+  it('takes a bundle of CAs in --tls-ca (rotation: old and new side by side)', () => {
+    const bundle = f('bundle.crt');
+    writeFileSync(bundle, Buffer.concat([readFileSync(f('ca.crt')), readFileSync(join(other, 'ca.crt'))]));
+    expect(loadTlsMaterial({ ca: bundle, cert: join(other, 'stranger.crt'), key: join(other, 'stranger.key') }).roles).toEqual(['agent']);
+    expect(loadTlsMaterial({ ca: bundle, cert: f('node1.crt'), key: f('node1.key') }).roles).toEqual(['agent']);
+    expect(() => loadTlsMaterial({ ca: f('ca.crt'), cert: join(other, 'stranger.crt'), key: join(other, 'stranger.key') })).toThrow(/not issued by the CA/);
+  });
+
   it('refuses a certificate of the wrong role for the command', () => {
     expect(errorOf(() => resolveTransportSecurity(tlsFor('alice'), 'agent', 'agent')).message)
       .toMatch(/alice\.crt has role query; this command needs a certificate with role agent .*natlens certs issue --role agent/);
