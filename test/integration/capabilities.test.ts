@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXIT_MISSING_CAPABILITIES, kernelChargesMemlock } from '../../src/agent/capabilities.js';
 import { labCurl, labDown, labUp, type LabState } from '../../src/lab/lab.js';
 import { BPF_OBJECT, PACKAGE_ROOT, PROBE_BIN } from '../../src/util/paths.js';
+import type { DoctorReport } from '../../src/cli/doctor-command.js';
 import { skipReason } from './support/requirements.js';
 
 const setprivMissing = ['setpriv', 'prlimit'].find((b) => spawnSync('sh', ['-c', `command -v ${b}`]).status !== 0);
@@ -172,5 +173,25 @@ describe.skipIf(!!skip)('capabilities of capture (setpriv)', () => {
       expect(r.code).toBe(EXIT_MISSING_CAPABILITIES);
       expect(r.stderr.join('\n')).toMatch(/CAP_SYS_ADMIN: to probe the kernel's features .*--mode tc goes without/);
     }, 40_000);
+  });
+
+  describe('natlens doctor', () => {
+    const doctor = (caps: string[]): DoctorReport => {
+      const r = spawnSync(only(caps)[0]!, [...only(caps).slice(1), process.execPath, NATLENS, 'doctor', '--json'], { encoding: 'utf8', timeout: 60_000 });
+      return JSON.parse(r.stdout) as DoctorReport;
+    };
+
+    it('lists each capability the agent needs, with what it is for, and says capture cannot run without NET_ADMIN', () => {
+      const full = doctor(['bpf', 'perfmon', 'net_admin', 'sys_admin']);
+      expect(full.capabilities.map((c) => [c.name, c.ok])).toEqual([['CAP_BPF', true], ['CAP_PERFMON', true], ['CAP_NET_ADMIN', true], ['CAP_SYS_ADMIN', true]]);
+      expect(full.capabilities.every((c) => c.purpose.length > 10)).toBe(true);
+      const lacking = doctor(['bpf', 'perfmon', 'sys_admin']);
+      expect(lacking.capabilities.find((c) => c.name === 'CAP_NET_ADMIN')!.ok).toBe(false);
+      expect(lacking.capture.mode).toBeNull();
+      expect(lacking.capture.reasons.join('\n')).toMatch(/missing capabilities: CAP_NET_ADMIN/);
+      // CAP_SYS_ADMIN alone stands in for BPF and PERFMON, as the kernel allows.
+      const admin = doctor(['sys_admin', 'net_admin']);
+      expect(admin.capabilities.find((c) => c.name === 'CAP_BPF')).toMatchObject({ ok: true, via: 'CAP_SYS_ADMIN' });
+    }, 120_000);
   });
 });
