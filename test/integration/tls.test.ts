@@ -25,6 +25,9 @@ import { CollectorStreamClient } from '../../src/transport/stream-client.js';
 import { startTransportServer, type TransportServer } from '../../src/transport/stream-server.js';
 import { TlsConfigError, loadTlsMaterial, type TransportSecurity } from '../../src/transport/tls.js';
 import { PACKAGE_ROOT } from '../../src/util/paths.js';
+import { PeerRing } from '../../src/collector/peer-ring.js';
+import { startCollector, type RunningCollector } from './support/processes.js';
+import { createServer } from 'node:net';
 
 let pki: string;
 let otherPki: string;
@@ -43,12 +46,46 @@ function clientTls(name?: string, opts: { caDir?: string; certDir?: string; serv
 }
 
 const TS0 = BigInt(Date.now() - 10_000) * 1_000_000n;
-function conn(i: number): HopEvent {
+function conn(i: number, pod = Uint8Array.of(10, 180, 1, 136)): HopEvent {
   return createHopEvent({
     kind: HopKind.CONN, tsNs: TS0 + BigInt(i), ipProto: 6, ctStatus: 0x1b0, tcpIsn: 1000 + i, hasIsn: true, node: '',
     orig: { src: Uint8Array.of(198, 51, 100, 79), dst: Uint8Array.of(10, 96, 0, 10), sport: 40_000 + i, dport: 80 },
-    reply: { src: Uint8Array.of(10, 180, 1, 136), dst: Uint8Array.of(198, 51, 100, 79), sport: 8080, dport: 40_000 + i },
+    reply: { src: pod, dst: Uint8Array.of(198, 51, 100, 79), sport: 8080, dport: 40_000 + i },
   });
+}
+
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  const port = (srv.address() as { port: number }).port;
+  await new Promise((resolve) => srv.close(resolve));
+  return port;
+}
+
+/** Pushes events over an agent stream and waits (bounded) until the collector acked them all. */
+async function deliver(address: string, security: TransportSecurity, events: HopEvent[]): Promise<number> {
+  const client = new CollectorStreamClient({
+    target: address, security, flushIntervalMs: 20,
+    hello: { node: 'node1', agentId: `tls-agent-${events.length}`, version: 'test', nodeAddresses: [Uint8Array.of(198, 51, 100, 2)] },
+  });
+  try {
+    for (const ev of events) client.push(ev);
+    const deadline = Date.now() + 20_000;
+    while (client.stats().ackedEvents < events.length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    return client.stats().ackedEvents;
+  } finally {
+    await client.close({ drainTimeoutMs: 0 });
+  }
+}
+
+/** Connections `who TARGET` finds, polled (bounded) until `expected` or 15 s. */
+async function connectionsOf(querier: QueryClient, target: string, expected: number): Promise<number> {
+  let found = 0;
+  for (const deadline = Date.now() + 15_000; found < expected && Date.now() < deadline; await new Promise((r) => setTimeout(r, 200))) {
+    const res = await querier.who({ target, sinceMs: 600_000n, forwarded: false });
+    found = res.rows.reduce((n, r) => n + Number(r.connections), 0);
+  }
+  return found;
 }
 
 /** Opens one raw agent stream, sends a Hello, and says how it went: 'welcome' or the status it ended with. */
@@ -124,28 +161,15 @@ describe('collector with mutual TLS and a query token file', () => {
   }, 60_000);
 
   it('an agent certificate delivers a batch: acked, stored, and found by a query', async () => {
-    const client = new CollectorStreamClient({
-      target: address, security: clientTls('node1'), flushIntervalMs: 20,
-      hello: { node: 'node1', agentId: 'tls-agent', version: 'test', nodeAddresses: [Uint8Array.of(198, 51, 100, 2)] },
-    });
-    try {
-      for (let i = 0; i < 5; i++) client.push(conn(i));
-      const deadline = Date.now() + 20_000;
-      while (client.stats().ackedEvents < 5 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-      expect(client.stats().ackedEvents).toBe(5);
-    } finally {
-      await client.close({ drainTimeoutMs: 0 });
-    }
+    expect(await deliver(address, clientTls('node1'), [0, 1, 2, 3, 4].map((i) => conn(i)))).toBe(5);
     expect(service.collector.counters.storedHops).toBeGreaterThanOrEqual(5);
     // Stored for real: the query API (with the token) finds the five connections once the stitcher's hold is over.
     const querier = new QueryClient(address, 15_000, { security: clientTls(), token: TOKEN });
-    let found = 0;
-    for (const deadline = Date.now() + 15_000; found < 5 && Date.now() < deadline; await new Promise((r) => setTimeout(r, 200))) {
-      const res = await querier.who({ target: '10.180.1.136', sinceMs: 600_000n, forwarded: false });
-      found = res.rows.reduce((n, r) => n + Number(r.connections), 0);
+    try {
+      expect(await connectionsOf(querier, '10.180.1.136', 5)).toBe(5);
+    } finally {
+      querier.close();
     }
-    querier.close();
-    expect(found).toBe(5);
   }, 60_000);
 
   it('queries with the token, a query certificate, or a collector certificate (peer fan-out)', async () => {
@@ -179,6 +203,37 @@ describe('collector with mutual TLS and a query token file', () => {
     expect(await tryStream(service.server.port, grpc.credentials.createInsecure())).toMatch(/^UNAVAILABLE/);
     expect(await queryCode(new QueryClient(address, 5_000, { security: { mode: 'plaintext' }, token: TOKEN }))).toBe('UNAVAILABLE');
   });
+});
+
+describe('two collector processes as peers over mutual TLS', () => {
+  const running: RunningCollector[] = [];
+
+  afterAll(async () => {
+    await Promise.all(running.map((c) => c.stop()));
+  }, 60_000);
+
+  it('forward hops to the owner and fan queries out with their collector certificates', async () => {
+    const ports = [await freePort(), await freePort()];
+    const peers = `c1=127.0.0.1:${ports[0]},c2=127.0.0.1:${ports[1]}`;
+    const tls = ['--tls-ca', join(pki, 'ca.crt'), '--tls-cert', join(pki, 'collector.crt'), '--tls-key', join(pki, 'collector.key'), '--query-token-file', join(pki, 'tokens'), '--peers', peers];
+    running.push(...await Promise.all([
+      startCollector(['--id', 'c1', ...tls], `127.0.0.1:${ports[0]}`),
+      startCollector(['--id', 'c2', ...tls], `127.0.0.1:${ports[1]}`),
+    ]));
+    for (const c of running) expect(c.process.statusOf('tls')).toMatchObject({ clientCertificates: 'requested (queries may use a token instead)' });
+    const ring = new PeerRing('c1', PeerRing.parsePeers(peers));
+    const pods = [1, 2, 3, 4, 5, 6, 7, 8].map((i) => Uint8Array.of(10, 180, 2, i));
+    // Some pods are c2's: their hops cross from c1 to c2 (forwarding) and back (who fan-out).
+    expect(pods.filter((p) => ring.ownerOf(p).id === 'c2').length).toBeGreaterThan(0);
+    expect(await deliver(running[0]!.address, clientTls('node1'), pods.map((p, i) => conn(100 + i, p)))).toBe(pods.length);
+    const querier = new QueryClient(running[0]!.address, 15_000, { security: clientTls(), token: TOKEN });
+    try {
+      for (const p of pods) expect(await connectionsOf(querier, p.join('.'), 1), p.join('.')).toBe(1);
+    } finally {
+      querier.close();
+    }
+    expect(running[0]!.process.stderr.join('\n')).not.toMatch(/unreachable/);
+  }, 120_000);
 });
 
 describe('transport server with mutual TLS and no token file: the handshake refuses', () => {
