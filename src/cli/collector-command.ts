@@ -43,7 +43,8 @@ export function registerCollectorCommand(program: Command): void {
         '  natlens collector --listen 0.0.0.0:7070 --clickhouse-url http://clickhouse:8123 \\\n' +
         '      --tls-ca ca.crt --tls-cert collector.crt --tls-key collector.key --query-token-file tokens\n' +
         '  # two collectors behind one address: both hops of a connection meet at the one owning its pod\n' +
-        '  natlens collector --id c1 --listen 10.0.0.5:7070 --peers c1=10.0.0.5:7070,c2=10.0.0.6:7070 --data /var/lib/natlens\n\n' +
+        '  natlens collector --id c1 --listen 10.0.0.5:7070 --peers c1=10.0.0.5:7070,c2=10.0.0.6:7070 --data /var/lib/natlens \\\n' +
+        '      --tls-ca ca.crt --tls-cert c1.crt --tls-key c1.key       # a collector certificate naming 10.0.0.5\n\n' +
         'Environment (overridden by flags):\n' +
         Object.values(COLLECTOR_SETTINGS).map((s) => `  ${s.env.padEnd(26)} ${s.help}`).join('\n'))
     .action(async (opts: Record<string, string | undefined>) => {
