@@ -137,7 +137,7 @@ async function stream(address: string): Promise<{ offered: number; acked: number
 }
 
 async function whoLatency(address: string): Promise<{ p50: number; p99: number }> {
-  const q = new QueryClient(address);
+  const q = new QueryClient(address, undefined, { security: { mode: 'plaintext' } });
   const times: number[] = [];
   try {
     for (let i = 0; i < 200; i++) {
@@ -160,7 +160,7 @@ async function main(): Promise<void> {
   let collectorLog = '';
   try {
     if (STORED > 0) await preload(dataDir);
-    collector = spawn(process.execPath, [...(process.env.NATLENS_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean), join(PACKAGE_ROOT, 'bin', 'natlens'), 'collector', '--listen', '127.0.0.1:0', '--data', dataDir], { stdio: ['ignore', 'ignore', 'pipe'] });
+    collector = spawn(process.execPath, [...(process.env.NATLENS_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean), join(PACKAGE_ROOT, 'bin', 'natlens'), 'collector', '--listen', '127.0.0.1:0', '--data', dataDir, '--plaintext'], { stdio: ['ignore', 'ignore', 'pipe'] });
     const address = await new Promise<string>((resolve, reject) => {
       let buf = '';
       const timer = setTimeout(() => reject(new Error(`collector did not start: ${buf}`)), 60_000);

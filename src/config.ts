@@ -48,6 +48,15 @@ const bool: Parser<boolean> = (text, source) => {
 const OBSERVABILITY_SETTINGS = {
   metricsListen: { env: 'NATLENS_METRICS_LISTEN', default: undefined as string | undefined, parse: (t: string, src: string) => (t === '' ? undefined : hostPort(t, src)), help: 'serve /metrics, /healthz and /readyz on HOST:PORT (default: off)' },
   logLevel: { env: 'NATLENS_LOG_LEVEL', default: 'info' as (typeof LOG_LEVELS)[number], parse: oneOf(...LOG_LEVELS), help: 'least severe log lines written to stderr: debug, info, warn or error' },
+};
+
+/** Transport security of every command that connects (docs/security.md): mutual TLS, or --plaintext for a lab. */
+const TLS_SETTINGS = {
+  tlsCa: { env: 'NATLENS_TLS_CA', default: undefined, parse: optionalStr, help: 'PEM file of the CA that issued natlens certificates (mutual TLS)' },
+  tlsCert: { env: 'NATLENS_TLS_CERT', default: undefined, parse: optionalStr, help: 'PEM file of this process\'s certificate' },
+  tlsKey: { env: 'NATLENS_TLS_KEY', default: undefined, parse: optionalStr, help: 'PEM file of this process\'s private key' },
+  tlsServerName: { env: 'NATLENS_TLS_SERVER_NAME', default: undefined, parse: optionalStr, help: 'verify the collector\'s certificate for this name instead of the target host' },
+  plaintext: { env: 'NATLENS_PLAINTEXT', default: false, parse: bool, help: 'no TLS, no authentication: for a lab only' },
 } satisfies Record<string, Setting<unknown>>;
 
 export const AGENT_SETTINGS = {
@@ -74,6 +83,7 @@ export const AGENT_SETTINGS = {
   healthIntervalMs: { env: 'NATLENS_HEALTH_CHECK_INTERVAL', default: 2000, parse: durationMs(100, 600_000), help: 'read this node\'s health-check node ports this often' },
   queueEvents: { env: 'NATLENS_QUEUE_EVENTS', default: 200_000, parse: int(1000, 10_000_000), help: 'events held while the collector is slow or away; beyond, new events are counted lost' },
   ...OBSERVABILITY_SETTINGS,
+  ...TLS_SETTINGS,
 } satisfies Record<string, Setting<unknown>>;
 
 const hostPort: Parser<string> = (text, source) => {
@@ -100,11 +110,16 @@ export const COLLECTOR_SETTINGS = {
   kubernetes: { env: 'NATLENS_KUBERNETES', default: false, parse: bool, help: 'watch Kubernetes (in-cluster config, else $KUBECONFIG / ~/.kube/config) for names and Service history' },
   kubeconfig: { env: 'NATLENS_KUBECONFIG', default: undefined, parse: optionalStr, help: 'watch Kubernetes through this kubeconfig file' },
   ...OBSERVABILITY_SETTINGS,
+  ...TLS_SETTINGS,
+  queryTokenFile: { env: 'NATLENS_QUERY_TOKEN_FILE', default: undefined, parse: optionalStr, help: 'bearer tokens the query API accepts, one per line' },
 } satisfies Record<string, Setting<unknown>>;
 
 export const QUERY_SETTINGS = {
   collector: { env: 'NATLENS_COLLECTOR', default: '127.0.0.1:7070', parse: hostPort, help: 'the collector to ask' },
   sinceMs: { env: 'NATLENS_SINCE', default: 3_600_000, parse: durationMs(1000, 366 * 24 * 3_600_000), help: 'look back this far' },
+  ...TLS_SETTINGS,
+  tokenFile: { env: 'NATLENS_TOKEN_FILE', default: undefined, parse: optionalStr, help: 'file holding the bearer token for the query API' },
+  token: { env: 'NATLENS_TOKEN', default: undefined, parse: optionalStr, help: 'the bearer token itself (no flag: flags show in ps)' },
 } satisfies Record<string, Setting<unknown>>;
 
 type Settings = Record<string, Setting<unknown>>;

@@ -16,6 +16,7 @@ import { NodeNetworkWatch } from './node-network.js';
 import { HealthProber } from './health-prober.js';
 import { ClusterWatch } from '../k8s/cluster-watch.js';
 import type { KubeConfig } from '@kubernetes/client-node';
+import type { TransportSecurity } from '../transport/tls.js';
 
 export interface CollectorOutputOptions {
   target: string;
@@ -23,6 +24,8 @@ export interface CollectorOutputOptions {
   queueEvents: number;
   /** Watch Kubernetes (this node, Services) and read the node's health-check node ports. */
   kubernetes?: { kubeConfig: KubeConfig; healthIntervalMs: number };
+  /** Mutual TLS (the agent's certificate) or plain text; tls.ts. */
+  security?: TransportSecurity;
 }
 
 /** Events: 'status' ({ event, ...fields }) for the CLI to log. */
@@ -47,6 +50,7 @@ export class CollectorOutput extends EventEmitter {
     const agent = this.agent;
     const client = new CollectorStreamClient({
       target: this.options.target,
+      security: this.options.security,
       hello: {
         node: agent.options.node,
         agentId: this.agentId,

@@ -10,9 +10,12 @@ import { Logger } from '../observability/log.js';
 import { Conditions, startMetricsServer, type MetricsServer } from '../observability/metrics-server.js';
 import { newRegistry } from '../observability/registry.js';
 import { agentReadiness, registerAgentMetrics } from '../observability/agent-metrics.js';
+import { addSecurityOptions, securityFlags } from './security-options.js';
+import { resolveTransportSecurity, type TransportSecurity } from '../transport/tls.js';
+import { checkAgentCapabilities } from '../agent/capabilities.js';
 
 export function registerAgentCommand(program: Command): void {
-  program
+  const cmd = program
     .command('agent')
     .summary('capture Service connections on this node and stream them')
     .description(
@@ -46,14 +49,17 @@ export function registerAgentCommand(program: Command): void {
     .option('--kubeconfig <path>', 'the same through this kubeconfig (e.g. the lab\'s: natlens lab api-server)')
     .option('--health-check-interval <duration>', 'read health-check node ports this often (default 2s)')
     .option('--metrics-listen <host:port>', 'serve /metrics, /healthz and /readyz here (env NATLENS_METRICS_LISTEN; default: off)')
-    .addOption(new Option('--log-level <level>', 'least severe log lines written to stderr (env NATLENS_LOG_LEVEL; default info)').choices(['debug', 'info', 'warn', 'error']))
+    .addOption(new Option('--log-level <level>', 'least severe log lines written to stderr (env NATLENS_LOG_LEVEL; default info)').choices(['debug', 'info', 'warn', 'error']));
+  addSecurityOptions(cmd, 'agent')
     .addHelpText(
       'after',
       '\nExamples:\n' +
         '  # one agent per lab node (see: natlens lab up)\n' +
         '  natlens agent --node node2 --netns /run/netns/nl-node2 --stdout\n' +
         '  # stream to a collector (see: natlens collector --help)\n' +
-        '  natlens agent --node node2 --netns /run/netns/nl-node2 --collector 127.0.0.1:7070\n' +
+        '  natlens agent --node node2 --netns /run/netns/nl-node2 --collector 127.0.0.1:7070 --plaintext\n' +
+        '  # over mutual TLS (certificates: natlens certs --help, docs/security.md)\n' +
+        '  natlens agent --collector collector.example:7070 --tls-ca ca.crt --tls-cert node2.crt --tls-key node2.key\n' +
         '  # only the NodePort-relevant events\n' +
         '  natlens agent --node node2 --netns /run/netns/nl-node2 --stdout | jq -c \'select(.snat)\'\n\n' +
         'Environment (overridden by flags):\n' +
@@ -73,6 +79,7 @@ export function registerAgentCommand(program: Command): void {
         kubernetes: opts.kubernetes as boolean | undefined, kubeconfig: opts.kubeconfig as string | undefined,
         healthIntervalMs: opts.healthCheckInterval as string | undefined,
         metricsListen: opts.metricsListen as string | undefined, logLevel: opts.logLevel as string | undefined,
+        ...securityFlags(opts),
       }, process.env, { drainMs: '--drain', dropAfterMs: '--drop-after', statsIntervalMs: '--stats-interval', healthIntervalMs: '--health-check-interval' });
       if (!opts.stdout === !cfg.collector) throw new UsageError('agent: choose one output: --collector HOST:PORT or --stdout');
       const kubernetes = cfg.kubernetes || cfg.kubeconfig
@@ -81,7 +88,10 @@ export function registerAgentCommand(program: Command): void {
       if (kubernetes && !cfg.collector) throw new UsageError('agent: --kubernetes/--kubeconfig need --collector (health-check readings go to the collector)');
       const log = new Logger('agent', { level: cfg.logLevel });
       const observe = { log, metricsListen: cfg.metricsListen };
-      if (cfg.collector) await runAgentToCollector(new Agent(cfg), cfg.collector, cfg.batchEvents, cfg.queueEvents, kubernetes, observe);
+      const security = cfg.collector ? resolveTransportSecurity(cfg, 'agent', 'agent') : undefined;
+      // Before anything is attached: what is missing is said at once, each capability with its use.
+      checkAgentCapabilities({ netns: cfg.netns, mode: cfg.mode });
+      if (cfg.collector) await runAgentToCollector(new Agent(cfg), cfg.collector, cfg.batchEvents, cfg.queueEvents, kubernetes, observe, security);
       else await runAgentToStdout(new Agent(cfg), observe);
     });
 }
@@ -179,9 +189,12 @@ export async function runAgentToCollector(
   queueEvents: number,
   kubernetes?: CollectorOutputOptions['kubernetes'],
   observe: AgentObservability = {},
+  security?: TransportSecurity,
 ): Promise<void> {
   const log = observe.log ?? new Logger('agent');
-  const output = new CollectorOutput(agent, { target, batchEvents, queueEvents, kubernetes });
+  const output = new CollectorOutput(agent, { target, batchEvents, queueEvents, kubernetes, security });
+  if (security?.mode === 'plaintext') log.warn('warn', { msg: `plain text to ${target}: events travel unencrypted and unauthenticated (--plaintext, for a lab only)` });
+  else if (security) log.info('tls', { cert: security.material.files.cert, expires: security.material.expires, serverName: security.serverName });
   output.on('status', (fields: Record<string, unknown>) => log.log(statusLevel(fields.event), String(fields.event), fields));
   agent.on('warn', (msg: string) => log.warn('warn', { msg }));
   agent.on('event', (ev: AgentEvent) => {

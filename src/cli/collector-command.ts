@@ -13,9 +13,12 @@ import { Logger } from '../observability/log.js';
 import { Conditions, startMetricsServer, type MetricsServer } from '../observability/metrics-server.js';
 import { newRegistry } from '../observability/registry.js';
 import { CollectorMetrics } from '../observability/collector-metrics.js';
+import { addSecurityOptions, securityFlags } from './security-options.js';
+import { resolveTransportSecurity } from '../transport/tls.js';
+import { QueryTokens, type ServerSecurity } from '../transport/auth.js';
 
 export function registerCollectorCommand(program: Command): void {
-  program
+  const cmd = program
     .command('collector')
     .summary('receive agents\' streams, stitch SNAT hops, store them in ClickHouse, answer queries')
     .description(
@@ -38,13 +41,16 @@ export function registerCollectorCommand(program: Command): void {
     .option('--kubernetes', 'watch Kubernetes (in-cluster, else $KUBECONFIG or ~/.kube/config): pod and Service names, Service history for etp')
     .option('--kubeconfig <path>', 'watch Kubernetes through this kubeconfig (e.g. the lab\'s: natlens lab api-server)')
     .option('--metrics-listen <host:port>', 'serve /metrics, /healthz and /readyz here (env NATLENS_METRICS_LISTEN; default: off)')
-    .addOption(new Option('--log-level <level>', 'least severe log lines written to stderr (env NATLENS_LOG_LEVEL; default info)').choices(['debug', 'info', 'warn', 'error']))
+    .addOption(new Option('--log-level <level>', 'least severe log lines written to stderr (env NATLENS_LOG_LEVEL; default info)').choices(['debug', 'info', 'warn', 'error']));
+  addSecurityOptions(cmd, 'collector')
     .addHelpText('after',
       '\nExamples:\n' +
-        '  natlens collector --data /var/lib/natlens                       # embedded store\n' +
-        '  natlens collector --listen 0.0.0.0:7070 --clickhouse-url http://clickhouse:8123\n' +
+        '  natlens collector --data /var/lib/natlens --plaintext           # embedded store, lab (no TLS, no auth)\n' +
+        '  natlens collector --listen 0.0.0.0:7070 --clickhouse-url http://clickhouse:8123 \\\n' +
+        '      --tls-ca ca.crt --tls-cert collector.crt --tls-key collector.key --query-token-file tokens\n' +
         '  # two collectors behind one address: both hops of a connection meet at the one owning its pod\n' +
-        '  natlens collector --id c1 --listen 10.0.0.5:7070 --peers c1=10.0.0.5:7070,c2=10.0.0.6:7070 --data /var/lib/natlens\n\n' +
+        '  natlens collector --id c1 --listen 10.0.0.5:7070 --peers c1=10.0.0.5:7070,c2=10.0.0.6:7070 --data /var/lib/natlens \\\n' +
+        '      --tls-ca ca.crt --tls-cert c1.crt --tls-key c1.key       # a collector certificate naming 10.0.0.5\n\n' +
         'Environment (overridden by flags):\n' +
         Object.values(COLLECTOR_SETTINGS).map((s) => `  ${s.env.padEnd(26)} ${s.help}`).join('\n'))
     .action(async (opts: Record<string, string | undefined>) => {
@@ -53,6 +59,7 @@ export function registerCollectorCommand(program: Command): void {
         id: opts.id, peers: opts.peers, holdMs: opts.hold, windowMs: opts.window, retentionMs: opts.retention, flushMs: opts.flushInterval,
         kubernetes: opts.kubernetes as string | boolean | undefined, kubeconfig: opts.kubeconfig,
         metricsListen: opts.metricsListen, logLevel: opts.logLevel,
+        ...securityFlags(opts),
       }, process.env, { holdMs: '--hold', windowMs: '--window', retentionMs: '--retention', flushMs: '--flush-interval' });
       await runCollector(cfg);
     });
@@ -65,6 +72,8 @@ export interface CollectorService {
   ring: PeerRing;
   /** The Kubernetes watch, when configured. */
   watch?: ClusterWatch;
+  /** TLS or plain text, and the query tokens. */
+  security: ServerSecurity;
   /** Stops taking streams, stores what is held, closes the store. */
   close(): Promise<void>;
 }
@@ -80,11 +89,13 @@ export async function startCollectorService(cfg: ConfigOf<typeof COLLECTOR_SETTI
   const { metrics } = observe;
   const log = observe.log ?? new Logger('collector');
   if (!cfg.data === !cfg.clickhouseUrl) throw new UsageError('collector: give exactly one store: --data DIR (embedded) or --clickhouse-url URL');
+  // Before the store opens: a collector without a security choice never listens.
+  const security = collectorSecurity(cfg);
   const ring = new PeerRing(cfg.id, PeerRing.parsePeers(cfg.peers));
   const store = await ClickHouseStore.open({ dataDir: cfg.data, url: cfg.clickhouseUrl, database: cfg.database, ttlDays: cfg.ttlDays });
   metrics?.observeStore(store);
   const collector = new Collector({
-    ring, store, version: NATLENS_VERSION, flushIntervalMs: cfg.flushMs, maxBufferedHops: 500_000,
+    ring, store, version: NATLENS_VERSION, flushIntervalMs: cfg.flushMs, maxBufferedHops: 500_000, peerSecurity: security.transport,
     stitcher: { holdMs: cfg.holdMs, windowMs: cfg.windowMs, retentionMs: cfg.retentionMs, maxChains: 2_000_000 },
   });
   metrics?.observeCollector(collector);
@@ -109,6 +120,7 @@ export async function startCollectorService(cfg: ConfigOf<typeof COLLECTOR_SETTI
       maxBatchEvents: cfg.maxBatchEvents, maxMessageBytes: cfg.maxMessageBytes,
       // Acks wait for the store (a few hundred ms): keep enough batches in flight to cover that.
       maxInflightBatchesPerStream: 64,
+      security,
     });
   } catch (err) {
     await watch?.stop();
@@ -117,7 +129,7 @@ export async function startCollectorService(cfg: ConfigOf<typeof COLLECTOR_SETTI
     throw err;
   }
   return {
-    collector, store, server, ring, watch,
+    collector, store, server, ring, watch, security,
     async close() {
       await watch?.stop();
       await server.close();
@@ -150,6 +162,16 @@ export async function runCollector(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): Pr
   const pings = metrics?.storeReadiness(readiness, collector, service.store);
   readiness.set('server', () => null);
   collector.on('warn', (msg: string) => log.warn('warn', { msg }));
+  const { transport, queryTokens } = service.security;
+  if (transport.mode === 'plaintext') {
+    log.warn('warn', {
+      msg: queryTokens
+        ? 'plain text (--plaintext): agents\' streams are unencrypted and unauthenticated, tokens travel in clear; for a lab only'
+        : 'unauthenticated lab mode (--plaintext without --query-token-file): anyone who reaches this port can stream events and query; for a lab only',
+    });
+  } else {
+    log.info('tls', { cert: transport.material.files.cert, expires: transport.material.expires, clientCertificates: queryTokens ? 'requested (queries may use a token instead)' : 'required', queryTokens: queryTokens?.size ?? 0 });
+  }
   log.info('listening', { address: cfg.listen, port: server.port, id: cfg.id, store: cfg.data ? { embedded: cfg.data } : { url: redact(cfg.clickhouseUrl!) }, peers: ring.peers.map((p) => p.id) });
   const statsTimer = setInterval(() => log.info('stats', collector.stats()), 10_000);
   statsTimer.unref();
@@ -180,4 +202,11 @@ function redact(url: string): string {
   } catch {
     return '(unparsable URL)';
   }
+}
+
+/** TLS (or the explicit --plaintext) and the query tokens, checked before anything listens. */
+export function collectorSecurity(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): ServerSecurity {
+  const transport = resolveTransportSecurity(cfg, 'collector', 'collector');
+  const queryTokens = cfg.queryTokenFile === undefined ? undefined : QueryTokens.load(cfg.queryTokenFile);
+  return { transport, queryTokens };
 }

@@ -89,7 +89,8 @@ class DemoPipeline {
     this.api = await startLabApiServer({ prefix: PREFIX, listen: '127.0.0.1:0' });
     out(`  kubernetes: the lab serves the API on ${this.api.url} (kubeconfig ${this.api.kubeconfigPath})`);
     // The collector's defaults, on loopback and a short hold: each step's answer is shown at once.
-    const cfg = resolveConfig(COLLECTOR_SETTINGS, { listen: '127.0.0.1:0', data: this.dataDir, holdMs: '1s', flushMs: '200ms', kubeconfig: this.api.kubeconfigPath }, {});
+    // Plain text: everything stays on this machine's loopback, inside one process.
+    const cfg = resolveConfig(COLLECTOR_SETTINGS, { listen: '127.0.0.1:0', data: this.dataDir, holdMs: '1s', flushMs: '200ms', kubeconfig: this.api.kubeconfigPath, plaintext: true }, {});
     this.service = await startCollectorService(cfg);
     this.service.collector.on('warn', (w: string) => out(`  collector: warning: ${w}`));
     this.address = `127.0.0.1:${this.service.server.port}`;
@@ -99,7 +100,7 @@ class DemoPipeline {
       const agent = new Agent({ ...agentCfg, node: node.name, netns: node.netnsPath });
       agent.on('warn', (w: string) => out(`  agent ${node.name}: warning: ${w}`));
       this.outputs.push(new CollectorOutput(agent, {
-        target: this.address, batchEvents: agentCfg.batchEvents, queueEvents: agentCfg.queueEvents,
+        target: this.address, batchEvents: agentCfg.batchEvents, queueEvents: agentCfg.queueEvents, security: { mode: 'plaintext' },
         kubernetes: { kubeConfig: loadKubeConfig({ kubeconfig: this.api.kubeconfigPath }), healthIntervalMs: 500 },
       }));
     }
@@ -109,7 +110,7 @@ class DemoPipeline {
 
   /** `natlens who` over the real query API, waiting (bounded) until `expected` connections are in. */
   async who(target: string, sinceMs: number, expected: number): Promise<WhoResponse> {
-    const client = new QueryClient(this.address);
+    const client = new QueryClient(this.address, undefined, { security: { mode: 'plaintext' } });
     try {
       const deadline = Date.now() + 8000;
       for (;;) {
@@ -125,7 +126,7 @@ class DemoPipeline {
 
   /** `natlens etp` over the real query API. */
   async etp(service: string, sinceMs: number): Promise<EtpResponse> {
-    const client = new QueryClient(this.address);
+    const client = new QueryClient(this.address, undefined, { security: { mode: 'plaintext' } });
     try {
       return await client.etp({ service, sinceMs: BigInt(sinceMs), forwarded: false });
     } finally {

@@ -1,27 +1,28 @@
 import type { Command } from 'commander';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { FEATURE_NAMES, planCapture, probeFeatures, type KernelFeatures } from '../probe/features.js';
 import { BPF_OBJECT, PROBE_BIN } from '../util/paths.js';
-
-/** Capabilities the agent needs (bit numbers from linux/capability.h). */
-const NEEDED_CAPS: [string, number][] = [['CAP_NET_ADMIN', 12], ['CAP_SYS_ADMIN', 21], ['CAP_PERFMON', 38], ['CAP_BPF', 39]];
+import { effectiveCapabilities, hasCapability, missingCapabilities, neededCapabilities } from '../agent/capabilities.js';
 
 export interface DoctorReport {
   binaries: { probe: string; object: string; ok: boolean; detail: string };
-  capabilities: { name: string; ok: boolean }[];
+  /** What `natlens agent` needs (src/agent/capabilities.ts), capture in another namespace (--netns) included. */
+  capabilities: { name: string; ok: boolean; purpose: string; via?: string }[];
   features: KernelFeatures | null;
   capture: { mode: string | null; reasons: string[] };
 }
 
-function effectiveCaps(): bigint {
-  const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
-  return m ? BigInt(`0x${m[1]}`) : 0n;
-}
-
 export async function runDoctor(): Promise<DoctorReport> {
   const missing = [PROBE_BIN, BPF_OBJECT].filter((p) => !existsSync(p));
-  const caps = effectiveCaps();
-  const capabilities = NEEDED_CAPS.map(([name, bit]) => ({ name, ok: (caps & (1n << BigInt(bit))) !== 0n }));
+  const caps = effectiveCapabilities();
+  const needs = neededCapabilities({ mode: 'auto', netns: 'NETNS' });
+  const lackingNeeds = new Set(missingCapabilities(needs, caps));
+  const capabilities = needs.map((n) => ({
+    name: n.name,
+    ok: !lackingNeeds.has(n),
+    purpose: n.name === 'CAP_SYS_ADMIN' ? 'only with --netns (setns) or --mode auto (feature probe in a throw-away namespace)' : n.purpose,
+    via: hasCapability(caps, n.name) ? undefined : n.alternatives.find((a) => hasCapability(caps, a)),
+  }));
   const report: DoctorReport = {
     binaries: { probe: PROBE_BIN, object: BPF_OBJECT, ok: missing.length === 0, detail: missing.length ? `missing ${missing.join(', ')}: run 'npm run build'` : 'present' },
     capabilities,
@@ -34,11 +35,11 @@ export async function runDoctor(): Promise<DoctorReport> {
   }
   report.features = await probeFeatures();
   report.capture = planCapture(report.features);
-  const lacking = capabilities.filter((c) => !c.ok).map((c) => c.name);
-  // CAP_SYS_ADMIN covers BPF and PERFMON on older kernels, so only a missing NET_ADMIN or all three is fatal.
-  if (lacking.includes('CAP_NET_ADMIN') || (lacking.includes('CAP_BPF') && lacking.includes('CAP_SYS_ADMIN'))) {
+  // CAP_SYS_ADMIN is only needed with --netns or --mode auto: --mode tc in the node's own namespace runs without it.
+  const lacking = capabilities.filter((c) => !c.ok && c.name !== 'CAP_SYS_ADMIN').map((c) => c.name);
+  if (lacking.length) {
     report.capture.mode = null;
-    report.capture.reasons.push(`missing capabilities: ${lacking.join(', ')} (run as root, or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)`);
+    report.capture.reasons.push(`missing capabilities: ${lacking.join(', ')} (run as root, or grant ${needs.filter((n) => n.name !== 'CAP_SYS_ADMIN').map((n) => n.name).join(', ')}; see docs/security.md)`);
   }
   return report;
 }
@@ -56,7 +57,7 @@ export function registerDoctorCommand(program: Command): void {
       } else {
         const line = (ok: boolean, name: string, detail: string): string => `  ${ok ? 'ok  ' : 'FAIL'}  ${name.padEnd(18)} ${detail}\n`;
         let text = 'natlens doctor\n\nbinaries\n' + line(r.binaries.ok, 'natlens-probe', r.binaries.detail);
-        text += '\ncapabilities\n' + r.capabilities.map((c) => line(c.ok, c.name, c.ok ? 'effective' : 'missing')).join('');
+        text += '\ncapabilities (natlens agent)\n' + r.capabilities.map((c) => line(c.ok, c.name, `${c.ok ? (c.via ? `via ${c.via}` : 'effective') : 'missing'}: ${c.purpose}`)).join('');
         if (r.features) {
           // kprobes and fentry are reported for completeness: natlens does not need them.
           const informational = new Set(['kprobes', 'fentry']);

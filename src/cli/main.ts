@@ -8,6 +8,7 @@ import { registerDemoCommand } from './demo-command.js';
 import { registerCollectorCommand } from './collector-command.js';
 import { registerWhoCommand } from './who-command.js';
 import { registerEtpCommand } from './etp-command.js';
+import { registerCertsCommand } from './certs-command.js';
 import { registerLabCommands } from '../lab/commands.js';
 import { NatlensError, describeError } from '../util/errors.js';
 import { PACKAGE_ROOT } from '../util/paths.js';
@@ -33,6 +34,7 @@ export function buildProgram(): Command {
   registerWhoCommand(program);
   registerEtpCommand(program);
   registerDoctorCommand(program);
+  registerCertsCommand(program);
   registerLabCommands(program);
   registerDemoCommand(program);
   return program;

@@ -3,17 +3,19 @@ import { QUERY_SETTINGS, resolveConfig } from '../config.js';
 import { parseTarget } from '../query/target.js';
 import { captureFaultLines, captureFaultsJson } from '../query/completeness-format.js';
 import { QueryClient } from '../transport/query-client.js';
+import { addSecurityOptions, queryAccess, securityFlags } from './security-options.js';
 import type { WhoResponse } from '../transport/proto.generated.js';
 import { NatlensError, UsageError } from '../util/errors.js';
 
 export function registerWhoCommand(program: Command): void {
-  program
+  const cmd = program
     .command('who')
     .summary('who really called this pod: real clients next to the address the pod saw')
     .argument('<target>', 'the pod: NAMESPACE/POD, IP, IP:PORT or [IPv6]:PORT')
     .option('--since <duration>', 'look back this far (default 1h)')
     .option('--collector <host:port>', 'the collector to ask (default 127.0.0.1:7070)')
-    .option('--json', 'one JSON object, for scripts')
+    .option('--json', 'one JSON object, for scripts');
+  addSecurityOptions(cmd, 'query')
     .description(
       'Lists the clients that connected to TARGET: the real caller (CLIENT), the source address the\n' +
         'pod saw (SEEN AS; a node address when a node SNAT\'d the connection), how many connections,\n' +
@@ -30,12 +32,15 @@ export function registerWhoCommand(program: Command): void {
       '\nExamples:\n' +
         '  natlens who default/source-ip-app-7c9d8b5f4-x2x9q\n' +
         '  natlens who 10.180.1.136\n' +
-        '  natlens who 10.180.1.136:8080 --since 10m --json | jq \'.rows[] | select(.snat)\'\n')
+        '  natlens who 10.180.1.136:8080 --since 10m --json | jq \'.rows[] | select(.snat)\'\n' +
+        '  # TLS with a token (or --tls-cert/--tls-key of a query certificate); a lab collector: --plaintext\n' +
+        '  natlens who default/web-0 --tls-ca ca.crt --token-file ~/.config/natlens/token\n' +
+        '\nEvery query needs --tls-ca (with a query certificate or a token) or --plaintext; see docs/security.md.\n')
     .action(async (targetText: string, opts: Record<string, string | boolean | undefined>) => {
-      const cfg = resolveConfig(QUERY_SETTINGS, { collector: opts.collector as string | undefined, sinceMs: opts.since as string | undefined }, process.env, { sinceMs: '--since' });
+      const cfg = resolveConfig(QUERY_SETTINGS, { collector: opts.collector as string | undefined, sinceMs: opts.since as string | undefined, ...securityFlags(opts) }, process.env, { sinceMs: '--since' });
       const target = parseTarget(targetText);
       if (typeof target === 'string') throw new UsageError(`who: ${target}`);
-      const client = new QueryClient(cfg.collector);
+      const client = new QueryClient(cfg.collector, undefined, queryAccess(cfg, 'who'));
       let res: WhoResponse;
       try {
         res = await client.who({ target: targetText, sinceMs: BigInt(cfg.sinceMs), forwarded: false });

@@ -19,6 +19,7 @@ import type { EtpRequest, EtpResponse, EventBatch, Hello, HopEvent, WhoRequest, 
 import { createCompleteness, createCpuLoss, createEtpResponse, createNodeGap, createWhoResponse, createWhoRow, type CpuLoss, type NodeGap } from '../transport/proto.generated.js';
 import { CollectorStreamClient } from '../transport/stream-client.js';
 import { QueryClient } from '../transport/query-client.js';
+import type { TransportSecurity } from '../transport/tls.js';
 import { NatlensError } from '../util/errors.js';
 import { parseNamespacedName, parseTarget } from '../query/target.js';
 
@@ -35,6 +36,8 @@ export interface CollectorOptions {
   /** Store as soon as this many hops are buffered, without waiting for the interval. Default 20,000. */
   flushRows?: number;
   version: string;
+  /** How this collector reaches its peers (forwarding, query fan-out): its own certificate, role collector. */
+  peerSecurity?: TransportSecurity;
 }
 
 /** An error with the gRPC status a query answer should carry. */
@@ -278,6 +281,7 @@ export class Collector extends EventEmitter {
     if (!c) {
       c = new CollectorStreamClient({
         target: peer.address,
+        security: this.options.peerSecurity,
         hello: { node: '', agentId: `collector/${this.id}`, version: this.options.version, nodeAddresses: [], forwardedBy: this.id },
       });
       c.on('disconnected', (reason: unknown) => this.emit('warn', `peer ${peer.id} (${peer.address}) unreachable: ${String(reason)}; holding its events`));
@@ -421,7 +425,7 @@ export class Collector extends EventEmitter {
 
   private queryClient(p: Peer): QueryClient {
     let c = this.queryClients.get(p.id);
-    if (!c) this.queryClients.set(p.id, (c = new QueryClient(p.address)));
+    if (!c) this.queryClients.set(p.id, (c = new QueryClient(p.address, undefined, { security: this.options.peerSecurity })));
     return c;
   }
 

@@ -18,6 +18,7 @@ import {
   encodeWhoRequest,
   encodeWhoResponse,
 } from './codec.js';
+import { channelCredentialsFor, channelSecurityOptions, serverCredentialsFor, type TransportSecurity } from './tls.js';
 import { AgentServiceInfo, QueryServiceInfo, type EtpRequest, type EtpResponse, type WhoRequest, type WhoResponse } from './proto.generated.js';
 
 export const AGENT_STREAM_PATH = AgentServiceInfo.methods.Stream.path;
@@ -122,13 +123,16 @@ export const DEFAULT_FLOW_CONTROL_WINDOW_BYTES = 1024 * 1024;
 const KEEPALIVE_TIME_MS = 30_000;
 const KEEPALIVE_TIMEOUT_MS = 10_000;
 
-/** Credentials: insecure for now; TLS (grpc.credentials.createSsl / ServerCredentials.createSsl) goes here. */
-export function clientCredentials(): grpc.ChannelCredentials {
-  return grpc.credentials.createInsecure();
+/**
+ * Credentials (tls.ts): mutual TLS from the security settings, plain text when there are none
+ * (the CLI never gets here without an explicit --plaintext or TLS files).
+ */
+export function clientCredentials(security?: TransportSecurity): grpc.ChannelCredentials {
+  return channelCredentialsFor(security);
 }
 
-export function serverCredentials(): grpc.ServerCredentials {
-  return grpc.ServerCredentials.createInsecure();
+export function serverCredentials(security?: TransportSecurity, requireClientCertificate = true): grpc.ServerCredentials {
+  return serverCredentialsFor(security, requireClientCertificate);
 }
 
 export interface ServerTuning {
@@ -151,6 +155,8 @@ export interface ChannelTuning {
   /** Mirrors the stream client's own backoff so the channel does not reconnect faster than it. */
   initialReconnectBackoffMs?: number;
   maxReconnectBackoffMs?: number;
+  /** TLS: adds the server-name override when one is set (tls.ts). */
+  security?: TransportSecurity;
 }
 
 export function channelOptions(t: ChannelTuning = {}): grpc.ChannelOptions {
@@ -166,6 +172,7 @@ export function channelOptions(t: ChannelTuning = {}): grpc.ChannelOptions {
     // The only window option grpc-js has: it sizes this client's *receive* window (responses:
     // Who answers), not what the collector grants an agent's uploads; see tuneServerFlowControl.
     'grpc-node.flow_control_window': DEFAULT_FLOW_CONTROL_WINDOW_BYTES,
+    ...channelSecurityOptions(t.security),
   };
 }
 

@@ -27,6 +27,7 @@ import {
   clientCredentials,
 } from './grpc-services.js';
 import type { CaptureGap, HealthCheckReading, Hello, HopEvent, LossReport } from './proto.generated.js';
+import type { TransportSecurity } from './tls.js';
 
 export interface LossCounters {
   /** Cumulative events lost per stage since the agent started. */
@@ -59,8 +60,10 @@ export interface CollectorStreamClientOptions {
   maxMessageBytes?: number;
   /** The capture's own loss counters; the client adds its own stages (queue_overflow, ...). */
   lossProvider?: () => LossCounters;
-  /** Default: insecure. The place for TLS. */
+  /** Default: insecure. Prefer `security`. */
   credentials?: grpc.ChannelCredentials;
+  /** Mutual TLS or plain text (tls.ts); the agent's and a forwarding collector's own certificate. */
+  security?: TransportSecurity;
 }
 
 export interface CollectorStreamClientStats {
@@ -141,7 +144,7 @@ function toBig(v: bigint | number): bigint {
  * programming errors (invalid events pushed, a throwing lossProvider), and only when listened to.
  */
 export class CollectorStreamClient extends EventEmitter {
-  private readonly opts: Required<Omit<CollectorStreamClientOptions, 'lossProvider' | 'credentials' | 'reconnectBackoff' | 'hello'>> & {
+  private readonly opts: Required<Omit<CollectorStreamClientOptions, 'lossProvider' | 'credentials' | 'security' | 'reconnectBackoff' | 'hello'>> & {
     backoffInitialMs: number;
     backoffMaxMs: number;
   };
@@ -203,8 +206,9 @@ export class CollectorStreamClient extends EventEmitter {
     this.helloBuf = encodeAgentMessage({ hello }, { validate: false });
     this.client = new AgentServiceRawClient(
       options.target,
-      options.credentials ?? clientCredentials(),
+      options.credentials ?? clientCredentials(options.security),
       channelOptions({
+        security: options.security,
         maxMessageBytes: this.opts.maxMessageBytes,
         initialReconnectBackoffMs: this.opts.backoffInitialMs,
         maxReconnectBackoffMs: this.opts.backoffMaxMs,

@@ -34,6 +34,7 @@ import {
   tuneServerFlowControl,
 } from './grpc-services.js';
 import type { EtpRequest, EtpResponse, EventBatch, Hello, WhoRequest, WhoResponse } from './proto.generated.js';
+import { authorize, type ServerSecurity } from './auth.js';
 
 export { REJECTED_SEQ_TRAILER };
 
@@ -78,6 +79,8 @@ export interface TransportServerOptions {
   helloTimeoutMs?: number;
   /** HTTP/2 receive window per agent connection and stream; <= 65535 keeps the HTTP/2 default. */
   flowControlWindowBytes?: number;
+  /** TLS and who may call what (auth.ts). Default: plain text, everything open (tests, the lab). */
+  security?: ServerSecurity;
 }
 
 export interface TransportServer {
@@ -137,6 +140,11 @@ export async function startTransportServer(opts: TransportServerOptions): Promis
   function handleStream(call: grpc.ServerDuplexStream<Buffer, Buffer>): void {
     if (closing) {
       call.emit('error', statusError(grpc.status.UNAVAILABLE, 'collector shutting down'));
+      return;
+    }
+    const denied = authorize(opts.security, 'stream', call);
+    if (denied) {
+      call.emit('error', statusError(denied.code, denied.details));
       return;
     }
     const peer = call.getPeer();
@@ -314,6 +322,11 @@ export async function startTransportServer(opts: TransportServerOptions): Promis
     encode: (res: Res) => Buffer,
   ): (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => void {
     return (call, callback) => {
+      const denied = authorize(opts.security, 'query', call);
+      if (denied) {
+        callback(statusError(denied.code, denied.details));
+        return;
+      }
       let req: Req;
       try {
         req = decode(call.request);
@@ -356,7 +369,9 @@ export async function startTransportServer(opts: TransportServerOptions): Promis
   }
 
   const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(opts.listen, serverCredentials(), (err, p) => {
+    // With a token file, clients without a certificate must get through the handshake (to show their token).
+    const credentials = serverCredentials(opts.security?.transport, !opts.security?.queryTokens);
+    server.bindAsync(opts.listen, credentials, (err, p) => {
       if (err) reject(new TransportServerError(`cannot listen on ${opts.listen}: ${err.message}`, { cause: err }));
       else resolve(p);
     });

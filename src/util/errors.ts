@@ -22,7 +22,9 @@ export function describeError(err: unknown): string {
   let cur: unknown = err;
   for (let depth = 0; cur !== undefined && cur !== null && depth < 5; depth++) {
     if (cur instanceof Error) {
-      parts.push(cur.message);
+      // A wrapper usually repeats its cause's message: say each thing once.
+      const stripped = cur.message.replace(/^\d+ [A-Z_]+: /, ''); // grpc-js prefixes "CODE NAME: "
+      if (!parts.some((p) => p.includes(stripped))) parts.push(cur.message);
       cur = (cur as { cause?: unknown }).cause;
     } else {
       parts.push(String(cur));

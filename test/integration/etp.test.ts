@@ -29,7 +29,7 @@ interface EtpJson {
 }
 
 async function etp(service: string, collector: string): Promise<EtpJson> {
-  const p = natlens('etp', ['etp', service, '--collector', collector, '--json', '--since', '30m']);
+  const p = natlens('etp', ['etp', service, '--collector', collector, '--json', '--since', '30m', '--plaintext']);
   const code = await p.wait();
   if (code !== 0) throw new Error(`natlens etp ${service} exited ${code}: ${p.stderr.join('\n')}`);
   return JSON.parse(p.stdout) as EtpJson;

@@ -21,11 +21,13 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import YAML from 'yaml';
 import { AGENT_SETTINGS, COLLECTOR_SETTINGS } from '../../src/config.js';
 import { PeerRing } from '../../src/collector/peer-ring.js';
+import { rolesOfSubjectAltName } from '../../src/transport/tls.js';
 import { BPF_OBJECT, PACKAGE_ROOT, PROBE_BIN } from '../../src/util/paths.js';
 import {
   CHART_DIR, buildRenderer, mergedValues, parseStream, renderChart, renderNotes, runRenderScript,
   type K8sObject, type Rendered,
 } from '../support/chart-render.js';
+import { CertManagerCertificate, CertManagerIssuer, validateCertManager } from '../support/cert-manager-schema.js';
 
 // ---- validation against the Kubernetes API ----
 
@@ -42,6 +44,8 @@ const MODELS: Record<string, new (data: never) => Validatable> = {
   'apps/v1/StatefulSet': StatefulSet,
   'rbac.authorization.k8s.io/v1/ClusterRole': ClusterRole,
   'rbac.authorization.k8s.io/v1/ClusterRoleBinding': ClusterRoleBinding,
+  'cert-manager.io/v1/Certificate': CertManagerCertificate,
+  'cert-manager.io/v1/Issuer': CertManagerIssuer,
 };
 
 interface AttributeType { baseName: string; type: string }
@@ -144,9 +148,14 @@ const ALL_RENDERS: Array<[string, Parameters<typeof renderChart>[0]]> = [
   ['createNamespace=true, other release names', { set: ['createNamespace=true', 'fullnameOverride=nl'] }],
   ['metrics off', { set: ['agent.metrics.enabled=false', 'collector.metrics.enabled=false'] }],
   ['metrics on other ports, debug logs, annotations', { set: ['agent.metrics.port=19469', 'collector.metrics.port=19470', 'agent.logLevel=debug', 'collector.logLevel=warn', 'collector.replicas=2'], values: { agent: { podAnnotations: { 'prometheus.io/scrape': 'false', team: 'net' } } } }],
+  ['tls.enabled=false (plain text, lab)', { set: ['tls.enabled=false'] }],
+  ['TLS from existing Secrets, a query token Secret', { set: ['tls.certManager.enabled=false', 'tls.existingSecrets.agent=agent-tls', 'tls.existingSecrets.collector=collector-tls', 'query.tokenSecret=natlens-tokens'] }],
+  ['TLS by a ClusterIssuer of the user, peers', { set: ['tls.certManager.issuerRef.name=corp-ca', 'tls.certManager.issuerRef.kind=ClusterIssuer', 'collector.replicas=3', 'tls.serverName=collector.example'] }],
+  ['capture.mode=auto, extra capabilities', { set: ['agent.capture.mode=auto', 'agent.extraCapabilities={SYS_RESOURCE}'] }],
 ];
 
-const AGENT_CAPS = ['BPF', 'NET_ADMIN', 'PERFMON', 'SYS_RESOURCE'];
+/** What `natlens agent` needs in its default capture mode (tc), verified by test/integration/capabilities.test.ts. */
+const AGENT_CAPS = ['BPF', 'NET_ADMIN', 'PERFMON'];
 
 describe('helm chart deploy/helm/natlens', () => {
   let defaults: Rendered;
@@ -177,15 +186,17 @@ describe('helm chart deploy/helm/natlens', () => {
 
   it('deploys, by default, the agent, the collector with its embedded store, and their RBAC', () => {
     expect(kinds(defaults)).toEqual([
+      'Certificate/natlens-agent', 'Certificate/natlens-ca', 'Certificate/natlens-collector', 'Certificate/natlens-query',
       'ClusterRole/natlens-agent', 'ClusterRole/natlens-collector',
       'ClusterRoleBinding/natlens-agent', 'ClusterRoleBinding/natlens-collector',
       'DaemonSet/natlens-agent', 'Deployment/natlens-collector',
+      'Issuer/natlens-ca', 'Issuer/natlens-selfsigned',
       'Service/natlens-collector', 'ServiceAccount/natlens-agent', 'ServiceAccount/natlens-collector',
     ]);
-    // helm template's order: kinds in Helm's install order, with "# Source:" headers.
+    // helm template's order: kinds in Helm's install order (custom resources last), with "# Source:" headers.
     expect(defaults.objects.map((o) => o.kind)).toEqual([
       'ServiceAccount', 'ServiceAccount', 'ClusterRole', 'ClusterRole', 'ClusterRoleBinding', 'ClusterRoleBinding',
-      'Service', 'DaemonSet', 'Deployment',
+      'Service', 'DaemonSet', 'Deployment', 'Certificate', 'Certificate', 'Certificate', 'Certificate', 'Issuer', 'Issuer',
     ]);
     expect(defaults.text.startsWith('---\n# Source: natlens/templates/')).toBe(true);
   });
@@ -196,7 +207,7 @@ describe('helm chart deploy/helm/natlens', () => {
       for (const l of ['app.kubernetes.io/name', 'app.kubernetes.io/instance', 'app.kubernetes.io/version', 'app.kubernetes.io/managed-by']) {
         expect(labels[l], `${o.kind}/${o.metadata.name} ${l}`).toBeTruthy();
       }
-      expect(labels['app.kubernetes.io/component'], `${o.kind}/${o.metadata.name}`).toMatch(/^(agent|collector)$/);
+      expect(labels['app.kubernetes.io/component'], `${o.kind}/${o.metadata.name}`).toMatch(/^(agent|collector|tls)$/);
     }
   });
 
@@ -208,7 +219,7 @@ describe('helm chart deploy/helm/natlens', () => {
       expect(spec.serviceAccountName).toBe('natlens-agent');
     });
 
-    it('is not privileged by default: root with exactly BPF, PERFMON, NET_ADMIN, SYS_RESOURCE, all else dropped', () => {
+    it('is not privileged by default: root with exactly BPF, PERFMON, NET_ADMIN (capture.mode tc), all else dropped', () => {
       expect(defaults.text).not.toMatch(/privileged: true/);
       const sc = container(find(defaults, 'DaemonSet'), 'agent').securityContext;
       expect(sc.privileged).toBe(false);
@@ -218,6 +229,14 @@ describe('helm chart deploy/helm/natlens', () => {
       expect(sc.runAsUser).toBe(0);
       expect(sc.readOnlyRootFilesystem).toBe(true);
       expect(podSpec(find(defaults, 'DaemonSet')).hostPID).toBeUndefined();
+    });
+
+    it('adds what each capture mode needs, and extraCapabilities, nothing else', () => {
+      const capsOf = (set: string[]): string[] => [...container(find(renderChart({ set }), 'DaemonSet'), 'agent').securityContext.capabilities.add].sort();
+      expect(capsOf(['agent.capture.mode=auto'])).toEqual(['BPF', 'NET_ADMIN', 'PERFMON', 'SYS_ADMIN']);
+      expect(capsOf(['agent.capture.mode=ctnetlink'])).toEqual(['NET_ADMIN']);
+      expect(capsOf(['agent.extraCapabilities={SYS_RESOURCE}'])).toEqual(['BPF', 'NET_ADMIN', 'PERFMON', 'SYS_RESOURCE']);
+      expect(env(container(find(defaults, 'DaemonSet'), 'agent')).get('NATLENS_CAPTURE_MODE')!.value).toBe('tc');
     });
 
     it('switches to a privileged container with agent.privileged=true', () => {
@@ -239,6 +258,9 @@ describe('helm chart deploy/helm/natlens', () => {
       expect(volumes.get(mounts.get(lockDir)!.name)!.emptyDir).toEqual({});
       // no other host path
       expect((podSpec(ds).volumes as Obj[]).filter((v) => v.hostPath).map((v) => v.hostPath.path).sort()).toEqual(['/sys/fs/bpf', '/sys/kernel/btf']);
+      // the only other volumes: its certificate, read-only
+      expect((podSpec(ds).volumes as Obj[]).filter((v) => !v.hostPath && !v.emptyDir).map((v) => v.secret?.secretName)).toEqual(['natlens-agent-tls']);
+      expect(mounts.get('/etc/natlens/tls')!.readOnly).toBe(true);
     });
 
     it('tolerates every taint by default, and takes custom tolerations', () => {
@@ -338,6 +360,112 @@ describe('helm chart deploy/helm/natlens', () => {
       expect(env(collector).get('NATLENS_LOG_LEVEL')!.value).toBe('warn');
       expect(env(container(find(defaults, 'DaemonSet'), 'agent')).get('NATLENS_LOG_LEVEL')!.value).toBe('info');
       expect(() => AGENT_SETTINGS.logLevel.parse('debug', 'NATLENS_LOG_LEVEL')).not.toThrow();
+    });
+  });
+
+  describe('TLS', () => {
+    const ROLES = ['agent', 'collector', 'query'] as const;
+    const cert = (r: Rendered, role: string): Obj => find(r, 'Certificate', `natlens-${role}`);
+    /** The Secret a workload's container reads its NATLENS_TLS_* files from, checking that every file lies in that mount. */
+    const tlsSecretOf = (workload: Obj, name: string): string => {
+      const c = container(workload, name);
+      const vars = env(c);
+      const files = ['NATLENS_TLS_CA', 'NATLENS_TLS_CERT', 'NATLENS_TLS_KEY'].map((v) => vars.get(v)!.value as string);
+      expect(files.map((f) => basename(f))).toEqual(['ca.crt', 'tls.crt', 'tls.key']); // the keys cert-manager writes
+      const mount = (c.volumeMounts as Obj[]).find((m) => files.every((f) => f.startsWith(`${m.mountPath}/`)))!;
+      expect(mount.readOnly).toBe(true);
+      expect(vars.has('NATLENS_PLAINTEXT')).toBe(false);
+      return (podSpec(workload).volumes as Obj[]).find((v) => v.name === mount.name)!.secret.secretName;
+    };
+
+    it('by default: cert-manager issues agent, collector and query certificates from the chart\'s own CA, each with its role', () => {
+      expect(find(defaults, 'Issuer', 'natlens-selfsigned').spec).toEqual({ selfSigned: {} });
+      const ca = cert(defaults, 'ca');
+      expect(ca.spec.isCA).toBe(true);
+      expect(ca.spec.issuerRef).toEqual({ name: 'natlens-selfsigned', kind: 'Issuer', group: 'cert-manager.io' });
+      expect(find(defaults, 'Issuer', 'natlens-ca').spec).toEqual({ ca: { secretName: ca.spec.secretName } });
+      for (const role of ROLES) {
+        const spec = cert(defaults, role).spec;
+        expect(spec.uris).toHaveLength(1);
+        expect(rolesOfSubjectAltName(`URI:${spec.uris[0]}`), role).toEqual([role]);
+        expect(spec.issuerRef).toEqual({ name: 'natlens-ca', kind: 'Issuer', group: 'cert-manager.io' });
+        expect(spec.privateKey).toEqual({ algorithm: 'ECDSA', size: 256, rotationPolicy: 'Always' });
+        expect(spec.usages).toContain('client auth');
+        expect(spec.usages.includes('server auth'), role).toBe(role === 'collector');
+        expect(spec.duration).toBe('2160h');
+      }
+    });
+
+    it('mounts each component\'s certificate where its NATLENS_TLS_* variables point', () => {
+      expect(tlsSecretOf(find(defaults, 'DaemonSet'), 'agent')).toBe(cert(defaults, 'agent').spec.secretName);
+      expect(tlsSecretOf(find(defaults, 'Deployment'), 'collector')).toBe(cert(defaults, 'collector').spec.secretName);
+    });
+
+    it('the collector certificate names every address agents and peers dial', () => {
+      const collectorHost = (env(container(find(defaults, 'DaemonSet'), 'agent')).get('NATLENS_COLLECTOR')!.value as string).split(':')[0];
+      expect(cert(defaults, 'collector').spec.dnsNames).toContain(collectorHost);
+      const scaled = renderChart({ set: ['collector.replicas=3'] });
+      const names: string[] = cert(scaled, 'collector').spec.dnsNames;
+      const covered = (host: string): boolean => names.some((n) => n === host || (n.startsWith('*.') && host.slice(host.indexOf('.') + 1) === n.slice(2)));
+      const peers = PeerRing.parsePeers(env(container(find(scaled, 'StatefulSet'), 'collector')).get('NATLENS_PEERS')!.value, 'NATLENS_PEERS');
+      expect(peers).toHaveLength(3);
+      for (const p of peers) expect(covered(p.address.split(':')[0]!), p.address).toBe(true);
+      expect(covered('natlens-collector.natlens.svc')).toBe(true);
+      expect(covered('evil.example')).toBe(false);
+    });
+
+    it('tls.enabled=false: NATLENS_PLAINTEXT on agent and collector, no certificates, no TLS volumes', () => {
+      const r = renderChart({ set: ['tls.enabled=false'] });
+      expect(r.objects.filter((o) => o.apiVersion.startsWith('cert-manager.io'))).toEqual([]);
+      for (const [kind, name] of [['DaemonSet', 'agent'], ['Deployment', 'collector']] as const) {
+        const w = find(r, kind);
+        const vars = env(container(w, name));
+        expect(vars.get('NATLENS_PLAINTEXT')!.value).toBe('true');
+        expect(() => AGENT_SETTINGS.plaintext.parse(vars.get('NATLENS_PLAINTEXT')!.value, 'NATLENS_PLAINTEXT')).not.toThrow();
+        expect([...vars.keys()].filter((k) => k.startsWith('NATLENS_TLS_'))).toEqual([]);
+        expect((podSpec(w).volumes as Obj[]).some((v) => v.secret)).toBe(false);
+      }
+      expect(renderNotes({ set: ['tls.enabled=false'] })).toContain('security:   NONE');
+    });
+
+    it('takes existing Secrets without cert-manager, and refuses TLS with neither', () => {
+      const r = renderChart({ set: ['tls.certManager.enabled=false', 'tls.existingSecrets.agent=agent-tls', 'tls.existingSecrets.collector=collector-tls'] });
+      expect(r.objects.filter((o) => o.apiVersion.startsWith('cert-manager.io'))).toEqual([]);
+      expect(tlsSecretOf(find(r, 'DaemonSet'), 'agent')).toBe('agent-tls');
+      expect(tlsSecretOf(find(r, 'Deployment'), 'collector')).toBe('collector-tls');
+      const refused = runRenderScript(['--set', 'tls.certManager.enabled=false', '--set', 'tls.existingSecrets.agent=agent-tls']);
+      expect(refused.code).toBe(1);
+      expect(refused.err).toContain('tls.existingSecrets.collector');
+    });
+
+    it('a user\'s issuer: no CA of the chart, every certificate signed by it', () => {
+      const r = renderChart({ set: ['tls.certManager.issuerRef.name=corp-ca', 'tls.certManager.issuerRef.kind=ClusterIssuer'] });
+      expect(r.objects.filter((o) => o.kind === 'Issuer')).toEqual([]);
+      expect(r.objects.filter((o) => o.kind === 'Certificate').map((o) => o.metadata.name).sort()).toEqual(['natlens-agent', 'natlens-collector', 'natlens-query']);
+      for (const role of ROLES) expect(cert(r, role).spec.issuerRef).toEqual({ name: 'corp-ca', kind: 'ClusterIssuer', group: 'cert-manager.io' });
+    });
+
+    it('query.tokenSecret: the collector reads the tokens where NATLENS_QUERY_TOKEN_FILE points', () => {
+      expect(env(container(find(defaults, 'Deployment'), 'collector')).has('NATLENS_QUERY_TOKEN_FILE')).toBe(false);
+      const r = renderChart({ set: ['query.tokenSecret=natlens-tokens', 'query.tokenSecretKey=list'] });
+      const dep = find(r, 'Deployment');
+      const c = container(dep, 'collector');
+      const file = env(c).get('NATLENS_QUERY_TOKEN_FILE')!.value as string;
+      expect(() => COLLECTOR_SETTINGS.queryTokenFile.parse(file, 'NATLENS_QUERY_TOKEN_FILE')).not.toThrow();
+      const mount = (c.volumeMounts as Obj[]).find((m) => file.startsWith(`${m.mountPath}/`))!;
+      expect(mount.readOnly).toBe(true);
+      const volume = (podSpec(dep).volumes as Obj[]).find((v) => v.name === mount.name)!;
+      expect(volume.secret.secretName).toBe('natlens-tokens');
+      expect(volume.secret.items).toEqual([{ key: 'list', path: file.slice(mount.mountPath.length + 1) }]);
+    });
+
+    it('the cert-manager check catches a misspelt usage and an unknown field', () => {
+      const c = structuredClone(cert(defaults, 'agent'));
+      c.spec.usages = ['client-auth'];
+      expect(() => validateCertManager('Certificate', c)).toThrow(/usages\/0 must be equal to one of the allowed values/);
+      const d = structuredClone(cert(defaults, 'agent'));
+      d.spec.uri = d.spec.uris;
+      expect(() => validateCertManager('Certificate', d)).toThrow(/additional properties 'uri'/);
     });
   });
 
@@ -510,6 +638,11 @@ describe('helm chart deploy/helm/natlens', () => {
       ['collector.metrics.port', 70000, '/collector/metrics/port'],
       ['agent.metrics.enabled', 'yes', '/agent/metrics/enabled'],
       ['collector.logLevel', 'loud', '/collector/logLevel'],
+      ['tls.enabled', 'no', '/tls/enabled'],
+      ['tls.certManager.duration', '90 days', '/tls/certManager/duration'],
+      ['tls.certManager.issuerRef', { name: 'x', kind: 'Secret' }, '/tls/certManager/issuerRef/kind'],
+      ['agent.extraCapabilities', ['NET_RAW'], '/agent/extraCapabilities/0'],
+      ['query.tokenSecretKey', '', '/query/tokenSecretKey'],
     ])('rejects %s = %j, naming the field', (path, value, where) => {
       expect(errorsOf(patched(path, value))).toContain(where);
     });
@@ -639,7 +772,7 @@ describe('container images', () => {
       const agent = natlens('agent', '--help');
       expect(agent.stderr).toBe('');
       expect(agent.status).toBe(0);
-      const collector = natlens('collector', '--data', join(dir, 'data'), '--listen', '127.0.0.1:0');
+      const collector = natlens('collector', '--data', join(dir, 'data'), '--listen', '127.0.0.1:0', '--plaintext');
       expect(collector.stderr).toContain('needs the chdb package');
       expect(collector.status).not.toBe(0);
     } finally {

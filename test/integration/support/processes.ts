@@ -65,6 +65,11 @@ export class NatlensProcess {
   }
 }
 
+/** --plaintext (the lab: everything on loopback and in the lab's namespaces), unless the caller chose TLS or plain text itself. */
+export function labSecurity(extra: string[]): string[] {
+  return extra.some((a) => a === '--plaintext' || a.startsWith('--tls-')) ? [] : ['--plaintext'];
+}
+
 export function natlens(name: string, args: string[], env: NodeJS.ProcessEnv = {}): NatlensProcess {
   return new NatlensProcess(name, spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } }));
 }
@@ -76,10 +81,13 @@ export interface RunningCollector {
   stop(): Promise<void>;
 }
 
-/** A collector on the embedded store in a fresh data directory, on a free loopback port. */
+/**
+ * A collector on the embedded store in a fresh data directory, on a free loopback port; plain text
+ * (--plaintext: the lab, loopback only) unless `extra` brings TLS flags (test/integration/tls.test.ts).
+ */
 export async function startCollector(extra: string[] = [], listen = '127.0.0.1:0'): Promise<RunningCollector> {
   const dataDir = mkdtempSync(join(tmpdir(), 'natlens-collector-'));
-  const p = natlens('collector', ['collector', '--listen', listen, '--data', dataDir, '--hold', '1s', ...extra]);
+  const p = natlens('collector', ['collector', '--listen', listen, '--data', dataDir, '--hold', '1s', ...labSecurity(extra), ...extra]);
   const listening = await p.waitStatus('listening', 60_000);
   return {
     process: p,
@@ -94,7 +102,7 @@ export async function startCollector(extra: string[] = [], listen = '127.0.0.1:0
 
 /** One agent per node, streaming to `collector`; resolves once each is capturing and connected. */
 export async function startAgents(nodes: Array<{ name: string; netnsPath: string }>, collector: string, extra: string[] = []): Promise<NatlensProcess[]> {
-  const agents = nodes.map((n) => natlens(`agent ${n.name}`, ['agent', '--node', n.name, '--netns', n.netnsPath, '--collector', collector, '--drop-after', '500ms', ...extra]));
+  const agents = nodes.map((n) => natlens(`agent ${n.name}`, ['agent', '--node', n.name, '--netns', n.netnsPath, '--collector', collector, '--drop-after', '500ms', ...labSecurity(extra), ...extra]));
   await Promise.all(agents.flatMap((a) => [a.waitStatus('ready', 30_000), a.waitStatus('connected', 30_000)]));
   return agents;
 }
@@ -107,7 +115,7 @@ export interface WhoJson {
 
 /** `natlens who TARGET --json` as a user runs it. */
 export async function who(target: string, collector: string, extra: string[] = []): Promise<WhoJson> {
-  const p = natlens('who', ['who', target, '--collector', collector, '--json', ...extra]);
+  const p = natlens('who', ['who', target, '--collector', collector, '--json', ...labSecurity(extra), ...extra]);
   const code = await p.wait();
   if (code !== 0) throw new Error(`natlens who ${target} exited ${code}: ${p.stderr.join('\n')}`);
   return JSON.parse(p.stdout) as WhoJson;

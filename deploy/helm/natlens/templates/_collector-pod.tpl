@@ -78,6 +78,11 @@ spec:
         - name: NATLENS_PEERS
           value: {{ include "natlens.collectorPeers" . | quote }}
         {{- end }}
+        {{- include "natlens.tlsEnv" (dict "ctx" .) | trim | nindent 8 }}
+        {{- if .Values.query.tokenSecret }}
+        - name: NATLENS_QUERY_TOKEN_FILE
+          value: /etc/natlens/query-tokens/tokens
+        {{- end }}
         {{- with $c.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -129,6 +134,16 @@ spec:
         {{- end }}
         - name: tmp
           mountPath: /tmp
+        {{- if .Values.tls.enabled }}
+        - name: tls
+          mountPath: /etc/natlens/tls
+          readOnly: true
+        {{- end }}
+        {{- if .Values.query.tokenSecret }}
+        - name: query-tokens
+          mountPath: /etc/natlens/query-tokens
+          readOnly: true
+        {{- end }}
   volumes:
     {{- if and $embedded (not $c.persistence.enabled) }}
     - name: data
@@ -140,4 +155,21 @@ spec:
     {{- end }}
     - name: tmp
       emptyDir: {}
+    {{- if .Values.tls.enabled }}
+    # The collector's certificate (role collector: serves agents and queries, forwards to peers).
+    - name: tls
+      secret:
+        secretName: {{ include "natlens.tlsSecretName" (dict "ctx" . "role" "collector") }}
+        defaultMode: 0440
+    {{- end }}
+    {{- if .Values.query.tokenSecret }}
+    # Bearer tokens the query API accepts (query.tokenSecret).
+    - name: query-tokens
+      secret:
+        secretName: {{ .Values.query.tokenSecret }}
+        defaultMode: 0440
+        items:
+          - key: {{ .Values.query.tokenSecretKey }}
+            path: tokens
+    {{- end }}
 {{- end }}

@@ -143,3 +143,63 @@ helm.sh/chart: {{ include "natlens.chart" . }}
 {{- end }}
 {{- join "," $list }}
 {{- end }}
+
+{{/* The Secret with ca.crt, tls.crt, tls.key of one role. Call with (dict "ctx" $ "role" "agent"). */}}
+{{- define "natlens.tlsSecretName" -}}
+{{- $existing := get .ctx.Values.tls.existingSecrets .role | default "" }}
+{{- if and (not .ctx.Values.tls.certManager.enabled) $existing }}
+{{- $existing }}
+{{- else if .ctx.Values.tls.certManager.enabled }}
+{{- printf "%s-%s-tls" (include "natlens.fullname" .ctx) .role | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- fail (printf "tls.enabled needs tls.certManager.enabled=true or tls.existingSecrets.%s (a Secret with ca.crt, tls.crt, tls.key); tls.enabled=false is plain text, for a lab only" .role) }}
+{{- end }}
+{{- end }}
+
+{{/* The issuer of the agent, collector and query certificates: the user's, or the chart's own CA. */}}
+{{- define "natlens.certIssuerRef" -}}
+{{- $ref := .Values.tls.certManager.issuerRef }}
+{{- if $ref.name }}
+name: {{ $ref.name }}
+kind: {{ $ref.kind | default "Issuer" }}
+group: {{ $ref.group | default "cert-manager.io" }}
+{{- else }}
+name: {{ include "natlens.fullname" . }}-ca
+kind: Issuer
+group: cert-manager.io
+{{- end }}
+{{- end }}
+
+{{/* Environment and mounts giving a component its TLS files (NATLENS_TLS_*), or NATLENS_PLAINTEXT. */}}
+{{- define "natlens.tlsEnv" -}}
+{{- if .ctx.Values.tls.enabled }}
+- name: NATLENS_TLS_CA
+  value: /etc/natlens/tls/ca.crt
+- name: NATLENS_TLS_CERT
+  value: /etc/natlens/tls/tls.crt
+- name: NATLENS_TLS_KEY
+  value: /etc/natlens/tls/tls.key
+{{- else }}
+# tls.enabled=false: unencrypted and unauthenticated, for a lab only (docs/security.md).
+- name: NATLENS_PLAINTEXT
+  value: "true"
+{{- end }}
+{{- end }}
+
+{{/* Capabilities the agent needs for its capture mode (test/integration/capabilities.test.ts). */}}
+{{- define "natlens.agentCapabilities" -}}
+{{- $mode := .Values.agent.capture.mode }}
+{{- $caps := list "NET_ADMIN" }}
+{{- if ne $mode "ctnetlink" }}
+{{- $caps = list "BPF" "PERFMON" "NET_ADMIN" }}
+{{- end }}
+{{- if eq $mode "auto" }}
+{{- $caps = append $caps "SYS_ADMIN" }}
+{{- end }}
+{{- range .Values.agent.extraCapabilities }}
+{{- if not (has . $caps) }}
+{{- $caps = append $caps . }}
+{{- end }}
+{{- end }}
+{{- toJson $caps }}
+{{- end }}
