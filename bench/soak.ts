@@ -55,10 +55,10 @@ import { LOAD_BIN, PACKAGE_ROOT } from '../src/util/paths.js';
 import { compareMultisets, mean, round1, round3, trends, type ProcSample, type Sample } from './soak-verdict.js';
 
 /**
- * Extra arguments for every natlens process that speaks gRPC here (collector, agent, who): the one
- * place to add `--plaintext` (or TLS flags) once agent<->collector transport security is required.
+ * Extra arguments for every natlens process that speaks gRPC here (collector, agent, who): plain
+ * text on the lab's own loopback (docs/security.md has the TLS flags).
  */
-const TRANSPORT_ARGS: readonly string[] = [];
+const TRANSPORT_ARGS: readonly string[] = ['--plaintext'];
 
 // ---------------------------------------------------------------- settings
 

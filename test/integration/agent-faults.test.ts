@@ -373,7 +373,7 @@ describe.skipIf(!!skip)('agent faults', () => {
   it('(a, b) through a collector: who --json shows the per-CPU loss and the crash gap', async () => {
     const collector = await startCollector();
     collectors.push(collector);
-    const a = agent(['--collector', collector.address], SLOW_SMALL_RING);
+    const a = agent(['--collector', collector.address, '--plaintext'], SLOW_SMALL_RING);
     await ready(a);
     await a.waitStatus('connected', 30_000);
     const aProbe = await probePid(a);
@@ -398,7 +398,7 @@ describe.skipIf(!!skip)('agent faults', () => {
     a.kill('SIGKILL');
     await a.wait();
     probesLeft.delete(aProbe);
-    const b = agent(['--collector', collector.address]);
+    const b = agent(['--collector', collector.address, '--plaintext']);
     await ready(b);
     const bProbe = await probePid(b);
     const warned = await b.waitStatus('warn', 10_000);
@@ -409,7 +409,7 @@ describe.skipIf(!!skip)('agent faults', () => {
       { node: 'node2', from, to, cause: 'crashed', reason: expect.stringMatching(new RegExp(`pid ${aProbe}\\) ended without detaching`)) },
     ]);
     // The text output says it in words.
-    const text = natlens('who', ['who', podIp, '--collector', collector.address, '--since', '10m']);
+    const text = natlens('who', ['who', podIp, '--collector', collector.address, '--since', '10m', '--plaintext']);
     expect(await text.wait()).toBe(0);
     expect(text.stdout).toContain(`node2 was not capturing from ${from} to ${to} (agent crashed)`);
     expect(text.stdout).toMatch(/node2 lost \d+ events: ringbuf_full on cpu\d+: \d+/);
