@@ -8,7 +8,7 @@
 //     fills), killed (filters orphaned), restarting, detaching (SIGTERM).
 import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { labAddPods, labAddService, labDown, labUp, requireLabState, type LabState } from '../../src/lab/lab.js';
 import { nsRun, run, sleep, sysctl } from '../../src/lab/exec.js';
 import type { AgentEvent, ConnEvent, GapEvent, StatsEvent } from '../../src/agent/events.js';
@@ -73,6 +73,16 @@ describe.skipIf(!!skip)('agent faults', () => {
     await labDown({ prefix });
     rmSync(lockDir, { recursive: true, force: true });
   }, 60_000);
+
+  // A failed test must not leave its agent holding node2's lock for the next one.
+  afterEach(async () => {
+    for (const p of started) if (p.exitCode === undefined) {
+      p.kill('SIGKILL');
+      await p.wait();
+    }
+    for (const pid of probesLeft) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    probesLeft.clear();
+  });
 
   // ---- helpers -------------------------------------------------------------------------------
 
@@ -401,7 +411,7 @@ describe.skipIf(!!skip)('agent faults', () => {
     const b = agent(['--collector', collector.address, '--plaintext']);
     await ready(b);
     const bProbe = await probePid(b);
-    const warned = await b.waitStatus('warn', 10_000);
+    const warned = await waitFor(() => b.status.find((s) => s.event === 'warn' && /^not capturing from /.test(String(s.msg))), 10_000, 'the gap warning');
     const [, from, to] = /^not capturing from (\S+) to (\S+): /.exec(String(warned.msg)) ?? [];
     expect(from, String(warned.msg)).toBeDefined();
     const withGap = await ask((w) => w.complete.gaps.some((g) => g.node === 'node2' && g.from === from), 'the gap');
