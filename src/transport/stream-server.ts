@@ -28,6 +28,7 @@ import {
   DEFAULT_MAX_MESSAGE_BYTES,
   REJECTED_SEQ_TRAILER,
   agentServiceRawDefinition,
+  limitServerMetadata,
   queryServiceRawDefinition,
   serverCredentials,
   serverOptions,
@@ -238,7 +239,14 @@ export async function startTransportServer(opts: TransportServerOptions): Promis
         },
         (err: unknown) => {
           const code = grpcCodeOf(err) ?? grpc.status.UNAVAILABLE;
-          end(statusError(code, `collector could not store batch ${seq}: ${describeError(err)}`));
+          if (code === grpc.status.INVALID_ARGUMENT) {
+            // The sink refuses this batch for its content: name it, so the agent drops it rather than resending it forever.
+            const md = new grpc.Metadata();
+            md.set(REJECTED_SEQ_TRAILER, String(seq));
+            end(statusError(code, describeError(err), md));
+          } else {
+            end(statusError(code, `collector could not store batch ${seq}: ${describeError(err)}`));
+          }
           settled();
         },
       );
@@ -346,6 +354,7 @@ export async function startTransportServer(opts: TransportServerOptions): Promis
   }
 
   const server = new grpc.Server(serverOptions({ maxMessageBytes }));
+  limitServerMetadata(server);
   const tuning = tuneServerFlowControl(server, opts.flowControlWindowBytes ?? DEFAULT_FLOW_CONTROL_WINDOW_BYTES);
   server.addService(agentServiceRawDefinition, { Stream: handleStream });
   if (querySink) {

@@ -139,6 +139,8 @@ interface Opened {
 
 export class ClickHouseStore {
   readonly database: string;
+  /** Rows older than this many days are dropped at insert (and by merges later). */
+  ttlDays = DEFAULT_TTL_DAYS;
   readonly #client: ClickHouseClient;
   readonly #backend: Backend;
   readonly #writers: RowBinaryWriter[] = [];
@@ -166,6 +168,7 @@ export class ClickHouseStore {
     }
     const { client, backend } = opts.dataDir !== undefined ? await openEmbedded(opts.dataDir) : await openServer(opts.url ?? '', opts.requestTimeoutMs);
     const store = new ClickHouseStore(client, backend, database);
+    store.ttlDays = ttlDays;
     try {
       await store.#ensureSchema(ttlDays);
     } catch (err) {
