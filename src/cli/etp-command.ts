@@ -4,7 +4,7 @@ import { etpJson, formatEtp } from '../query/etp-format.js';
 import { parseNamespacedName } from '../query/target.js';
 import { QueryClient } from '../transport/query-client.js';
 import type { EtpResponse } from '../transport/proto.generated.js';
-import { NatlensError, UsageError } from '../util/errors.js';
+import { NatlensError, UsageError, quoteInput } from '../util/errors.js';
 
 export function registerEtpCommand(program: Command): void {
   program
@@ -29,7 +29,7 @@ export function registerEtpCommand(program: Command): void {
     .action(async (service: string, opts: Record<string, string | boolean | undefined>) => {
       const cfg = resolveConfig(QUERY_SETTINGS, { collector: opts.collector as string | undefined, sinceMs: opts.since as string | undefined }, process.env, { sinceMs: '--since' });
       if (!parseNamespacedName(service)) {
-        throw new UsageError(`etp: '${service}' is not NAMESPACE/SERVICE (e.g. default/loadbalancer)`);
+        throw new UsageError(`etp: ${quoteInput(service)} is not NAMESPACE/SERVICE (e.g. default/loadbalancer)`);
       }
       const client = new QueryClient(cfg.collector);
       let res: EtpResponse;

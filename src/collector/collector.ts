@@ -19,7 +19,7 @@ import type { EtpRequest, EtpResponse, EventBatch, Hello, HopEvent, WhoRequest, 
 import { createCompleteness, createEtpResponse, createWhoResponse, createWhoRow } from '../transport/proto.generated.js';
 import { CollectorStreamClient } from '../transport/stream-client.js';
 import { QueryClient } from '../transport/query-client.js';
-import { NatlensError } from '../util/errors.js';
+import { NatlensError, quoteInput } from '../util/errors.js';
 import { parseNamespacedName, parseTarget } from '../query/target.js';
 
 const IPS_SRC_NAT = 0x10;
@@ -93,11 +93,6 @@ function describeAhead(ns: bigint): string {
 function sinceOf(sinceMs: bigint): number {
   if (sinceMs > BigInt(MAX_SINCE_MS)) throw new QueryError(`since_ms: ${sinceMs} is too far back, at most ${MAX_SINCE_MS} (3650 days) allowed`, GRPC_INVALID_ARGUMENT);
   return sinceMs > 0n ? Number(sinceMs) : 3_600_000;
-}
-
-/** User text quoted for an error message, cut to a readable length. */
-function quoted(text: string): string {
-  return JSON.stringify(text.length > 100 ? `${text.slice(0, 100)}...` : text);
 }
 
 interface ResolvedTarget {
@@ -539,7 +534,7 @@ export class Collector extends EventEmitter {
 
   async etp(req: EtpRequest): Promise<EtpResponse> {
     const svc = parseNamespacedName(req.service);
-    if (!svc) throw new QueryError(`${quoted(req.service)} is not NAMESPACE/SERVICE (e.g. default/loadbalancer)`, GRPC_INVALID_ARGUMENT);
+    if (!svc) throw new QueryError(`${quoteInput(req.service)} is not NAMESPACE/SERVICE (e.g. default/loadbalancer)`, GRPC_INVALID_ARGUMENT);
     const { namespace, name } = svc;
     const sinceMs = sinceOf(req.sinceMs);
     const sinceNs = BigInt(Date.now() - sinceMs) * 1_000_000n;
