@@ -154,13 +154,8 @@ export class JsonLineEncoder {
     this.pos = p;
   }
 
-  /** A non-negative integer, in decimal (as String(n) writes it: above 2^53 digits are the double's). */
+  /** A non-negative integer below 2^53 (decodeFlowHeader refuses records with larger counters), in decimal. */
   private num(n: number): void {
-    if (n > Number.MAX_SAFE_INTEGER) {
-      // u64 counters of a corrupt or hostile record: the digit loop would print the exact double.
-      this.ascii(String(n));
-      return;
-    }
     let digits = 1;
     for (let x = n; x >= 10; x = Math.floor(x / 10)) digits++;
     const out = this.out;

@@ -169,8 +169,21 @@ export function decodeFlowHeader(buf: Uint8Array, base: number): FlowHeader {
   const hook = HOOK_NAMES.get(hookCode);
   if (hook === undefined) throw badField('hdr_hook', `unknown hook ${hookCode} in ${kind} record (expected 1-${HOOK_NAMES.size})`);
   if (kind === 'proxy' && protoCode !== 6) throw badField('hdr_proto', `protocol ${protoCode} in a proxy record (PROXY headers open TCP connections)`);
+  // Checked on the high words only (cheap): a clock past 2262 or a counter past 2^53 is a corrupt
+  // record, and neither fits where events end up (DateTime64(9), JS numbers).
+  if (buf[base + NL_EVENT.hdr_ts_ns.offset + 7]! >= 0x80) throw badField('hdr_ts_ns', 'timestamp past 2^63 ns (year 2262)');
+  if (kind !== 'proxy') {
+    for (const field of COUNTER_FIELDS) {
+      const at = base + NL_EVENT[field].offset;
+      if ((buf[at + 6]! | (buf[at + 7]! << 8)) >= 0x20) {
+        throw new RecordDecodeError(`counter past 2^53 in ${kind} record`, { field, offset: NL_EVENT[field].offset });
+      }
+    }
+  }
   return { kind, family, proto: protoCode === 6 ? 'tcp' : 'udp', hook };
 }
+
+const COUNTER_FIELDS = ['packets_orig', 'bytes_orig', 'packets_reply', 'bytes_reply'] as const;
 
 export function isStatsRecord(buf: Uint8Array, base: number): boolean {
   return buf[base + NL_EVENT.hdr_kind.offset] === NlRecordKind.STATS;

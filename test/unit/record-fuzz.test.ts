@@ -58,8 +58,15 @@ const anyRecord: fc.Arbitrary<Buffer> = fc.record({
   ifindex: fc.integer({ min: 0, max: 3 }),
   payload: fc.option(proxyPayload),
   dataLen: fc.integer({ min: 0, max: 65535 }),
+  // Mostly plausible (ts before 2262, counters below 2^53), sometimes any u64.
+  ts: fc.oneof({ weight: 9, arbitrary: fc.bigInt({ min: 0n, max: (1n << 63n) - 1n }) }, { weight: 1, arbitrary: fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }) }),
+  counters: fc.array(fc.oneof({ weight: 19, arbitrary: fc.bigInt({ min: 0n, max: (1n << 53n) - 1n }) }, { weight: 1, arbitrary: fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }) }), { minLength: 4, maxLength: 4 }),
 }).map((r) => {
   const b = Buffer.from(r.body);
+  b.writeBigUInt64LE(r.ts, NL_EVENT.hdr_ts_ns.offset);
+  if (r.kind !== NlRecordKind.PROXY) {
+    [NL_EVENT.packets_orig, NL_EVENT.bytes_orig, NL_EVENT.packets_reply, NL_EVENT.bytes_reply].forEach((f, k) => b.writeBigUInt64LE(r.counters[k]!, f.offset));
+  }
   b[NL_EVENT.hdr_kind.offset] = r.kind;
   b[NL_EVENT.hdr_family.offset] = r.family;
   b[NL_EVENT.hdr_proto.offset] = r.proto;
@@ -116,12 +123,14 @@ function expectSameHop(ev: HopEvent, rec: FlowRecord | ProxyRecord): void {
 describe('probe record decoding under hostile bytes', () => {
   it('every path agrees on every record: same content, or all reject with a RecordDecodeError naming the field', () => {
     const enc = new JsonLineEncoder('node-"1"', ifnames);
+    const outcomes = { accepted: 0, rejected: 0 };
     fc.assert(
       fc.property(anyRecord, (buf) => {
         const obj = attempt(() => decodeRecord(buf, 0));
         const hop = attempt(() => hopEventFromRecord(buf, 0, ifnames, deliversLocally));
+        outcomes[obj.ok ? 'accepted' : 'rejected']++;
         if (!obj.ok) {
-          expect(obj.err.field).toMatch(/^(kind|family|proto|hook)$/);
+          expect(obj.err.field).toMatch(/^(kind|family|proto|hook|ts_ns|packets_orig|bytes_orig|packets_reply|bytes_reply)$/);
           expect(obj.err.message).toContain(`(record byte ${obj.err.offset})`);
           expect(attempt(() => enc.encode(buf, 0)).ok).toBe(false);
           expect(enc.length).toBe(0); // nothing half-written
@@ -155,6 +164,9 @@ describe('probe record decoding under hostile bytes', () => {
       }),
       fuzzRuns(20_000),
     );
+    // Both sides were exercised (fast-check also runs the shrinker's cases: counts are at least the runs).
+    expect(outcomes.accepted).toBeGreaterThan(5_000);
+    expect(outcomes.rejected).toBeGreaterThan(2_000);
   });
 
   it('fully random bytes: only RecordDecodeError, never another exception', () => {
@@ -203,6 +215,17 @@ describe('probe record decoding under hostile bytes', () => {
       expect(() => new JsonLineEncoder('n', ifnames).encode(b, 0)).toThrow(message);
       expect(() => hopEventFromRecord(b, 0, ifnames, deliversLocally)).toThrow(message);
     }
+    const future = Buffer.from(good);
+    future.writeBigUInt64LE(1n << 63n, NL_EVENT.hdr_ts_ns.offset);
+    expect(() => decodeRecord(future)).toThrow(/^bad probe record: ts_ns \(record byte 0\): timestamp past 2\^63 ns \(year 2262\)/);
+    const counter = Buffer.from(good);
+    counter[NL_EVENT.hdr_kind.offset] = NlRecordKind.END;
+    counter.writeBigUInt64LE(1n << 53n, NL_EVENT.bytes_reply.offset);
+    for (const run of [() => decodeRecord(counter), () => new JsonLineEncoder('n', ifnames).encode(counter, 0), () => hopEventFromRecord(counter, 0, ifnames, deliversLocally)]) {
+      expect(run).toThrow(/^bad probe record: bytes_reply \(record byte 120\): counter past 2\^53 in end record/);
+    }
+    counter.writeBigUInt64LE((1n << 53n) - 1n, NL_EVENT.bytes_reply.offset);
+    expect(decodeRecord(counter)).toMatchObject({ kind: 'end', bytesReply: 2 ** 53 - 1 });
     const udpProxy = Buffer.from(good);
     udpProxy[NL_EVENT.hdr_kind.offset] = NlRecordKind.PROXY;
     udpProxy[NL_EVENT.hdr_proto.offset] = 17;
