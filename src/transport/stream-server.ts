@@ -48,6 +48,8 @@ export interface AgentSink {
   /**
    * Store the batch. Resolve once it is durable: the server then acks it and the agent forgets it.
    * Rejecting ends the stream with UNAVAILABLE; the agent reconnects and resends what is unacked.
+   * An error whose grpcCode is INVALID_ARGUMENT refuses the batch itself (named in the trailer
+   * natlens-rejected-seq): the agent drops it and counts it instead of resending it.
    * May be called again for events already accepted (resends after a reconnect).
    */
   accept(stream: AgentStream, batch: EventBatch): Promise<void>;
