@@ -1,8 +1,12 @@
 /**
- * Configuration, merged in one place: defaults < environment (NATLENS_*) < command-line flags.
- * Every value is validated here, and a bad one is named with where it came from.
+ * Configuration, merged in one place (resolveConfig): defaults < config file (--config FILE or
+ * NATLENS_CONFIG, YAML: `settingName: value`, for agent and collector) < environment (NATLENS_*) <
+ * command-line flags. Every value is validated here by the same parser whatever its source, and a
+ * bad one is named with where it came from (flag, variable, or file:line and key).
  */
+import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
+import { isMap, isScalar, isSeq, LineCounter, parseDocument } from 'yaml';
 import { UsageError } from './util/errors.js';
 import { parseDuration } from './util/duration.js';
 import { LOG_LEVELS } from './observability/log.js';
@@ -126,18 +130,22 @@ type Settings = Record<string, Setting<unknown>>;
 export type ConfigOf<S extends Settings> = { [K in keyof S]: S[K] extends Setting<infer T> ? T : never };
 
 /**
- * Merges defaults < env < flags. `flags` holds raw strings (or booleans from --no-x switches) as the
- * CLI parsed them; `flagNames` maps keys to the flag a user typed, for error messages.
+ * Merges defaults < config file < env < flags. `flags` holds raw strings (or booleans from --no-x
+ * switches) as the CLI parsed them; `flagNames` maps keys to the flag a user typed, for error
+ * messages; `file` is what loadConfigFile read (settings it does not name keep their defaults).
  */
 export function resolveConfig<S extends Settings>(
   settings: S,
   flags: Partial<Record<keyof S, string | boolean | undefined>>,
   env: NodeJS.ProcessEnv = process.env,
   flagNames: Partial<Record<keyof S, string>> = {},
+  file?: ConfigFile,
 ): ConfigOf<S> {
   const out: Record<string, unknown> = {};
   for (const [key, s] of Object.entries(settings)) {
     let value: unknown = s.default;
+    const fromFile = file?.values.get(key);
+    if (fromFile !== undefined) value = s.parse(fromFile.text, fromFile.source);
     const fromEnv = env[s.env];
     if (fromEnv !== undefined) value = s.parse(fromEnv, `environment variable ${s.env}`);
     const fromFlag = flags[key as keyof S];
@@ -150,4 +158,106 @@ export function resolveConfig<S extends Settings>(
 
 export function kebab(key: string): string {
   return key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+}
+
+// ---- config files --------------------------------------------------------------------------------
+
+/** The environment variable naming a config file when --config is not given. */
+export const CONFIG_ENV = 'NATLENS_CONFIG';
+/** A config file is a few dozen lines; anything this large is not one. */
+const MAX_CONFIG_BYTES = 1024 * 1024;
+
+/** What a config file sets: setting key -> its text and where it was written ("FILE:LINE: key"). */
+export interface ConfigFile {
+  path: string;
+  values: Map<string, { text: string; source: string }>;
+}
+
+/**
+ * The config file to read for these settings: --config FILE, else $NATLENS_CONFIG, else none.
+ * Throws UsageError naming the file (and where its name came from) when it cannot be read or is
+ * not a YAML mapping of known settings to single values.
+ */
+export function configFileFor(settings: Settings, flagValue: string | undefined, env: NodeJS.ProcessEnv = process.env): ConfigFile | undefined {
+  if (flagValue !== undefined) return loadConfigFile(settings, flagValue, '--config');
+  const fromEnv = env[CONFIG_ENV];
+  if (fromEnv !== undefined && fromEnv !== '') return loadConfigFile(settings, fromEnv, `environment variable ${CONFIG_ENV}`);
+  return undefined;
+}
+
+export function loadConfigFile(settings: Settings, path: string, namedBy = '--config'): ConfigFile {
+  let text: string;
+  try {
+    const bytes = readFileSync(path);
+    if (bytes.length > MAX_CONFIG_BYTES) throw new UsageError(`config file ${path} (${namedBy}) is ${bytes.length} bytes: not a config file (at most ${MAX_CONFIG_BYTES})`);
+    text = bytes.toString('utf8');
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'it does not exist' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'it is a directory' : (err as Error).message;
+    throw new UsageError(`config file ${path} (${namedBy}) cannot be read: ${why}`, { cause: err });
+  }
+  const lines = new LineCounter();
+  // failsafe: every value stays the text written (007 is not 7, yes is not true): the settings' parsers judge it.
+  const doc = parseDocument(text, { lineCounter: lines, schema: 'failsafe', prettyErrors: false });
+  const lineOf = (offset: number | undefined): number => (offset === undefined ? 1 : lines.linePos(offset).line);
+  if (doc.errors.length > 0) {
+    const e = doc.errors[0]!;
+    const at = e.linePos?.[0] ?? lines.linePos(e.pos[0]);
+    throw new UsageError(`${path}:${at.line}:${at.col}: not valid YAML: ${e.message.split('\n')[0]}`);
+  }
+  const values = new Map<string, { text: string; source: string }>();
+  if (doc.contents === null || (isScalar(doc.contents) && doc.contents.value === '')) return { path, values };
+  if (!isMap(doc.contents)) {
+    throw new UsageError(`${path}:${lineOf(doc.contents.range?.[0])}: a config file is a mapping of setting names to values (e.g. "ringKb: 8192"), not ${isSeq(doc.contents) ? 'a list' : 'a single value'}`);
+  }
+  for (const pair of doc.contents.items) {
+    const keyNode = pair.key;
+    const line = lineOf(isScalar(keyNode) ? keyNode.range?.[0] : undefined);
+    const key = isScalar(keyNode) ? String(keyNode.value) : '';
+    if (!Object.hasOwn(settings, key)) {
+      const hint = nearestSetting(settings, key);
+      throw new UsageError(
+        `${path}:${line}: unknown setting ${JSON.stringify(key)}` +
+          (hint ? ` (did you mean '${hint}'?)` : `; the settings are: ${Object.keys(settings).join(', ')}`),
+      );
+    }
+    const v = pair.value;
+    if (v !== null && !isScalar(v)) {
+      throw new UsageError(`${path}:${line}: ${key}: expected a single value, got ${isSeq(v) ? 'a list' : 'a mapping'} (write lists as one string, e.g. "a,b")`);
+    }
+    values.set(key, { text: v === null ? '' : String(v.value), source: `${path}:${line}: ${key}` });
+  }
+  return { path, values };
+}
+
+/** The setting a mistyped key most likely meant: same letters ignoring case and dashes, its env name or flag, or a near spelling. */
+function nearestSetting(settings: Settings, key: string): string | undefined {
+  const norm = (t: string): string => t.toLowerCase().replace(/[-_]/g, '');
+  const wanted = norm(key);
+  let best: { name: string; d: number } | undefined;
+  for (const [name, s] of Object.entries(settings)) {
+    if (norm(name) === wanted || norm(s.env) === wanted || norm(s.env.replace(/^NATLENS_/, '')) === wanted) return name;
+    const d = editDistance(norm(name), wanted);
+    if (d <= Math.max(1, Math.floor(name.length / 3)) && (!best || d < best.d)) best = { name, d };
+  }
+  return best?.name;
+}
+
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = cur;
+  }
+  return prev[b.length]!;
+}
+
+/** --help lines: each setting's config file key, environment variable and meaning. */
+export function settingsHelp(settings: Settings): string {
+  const rows = Object.entries(settings);
+  const keyWidth = Math.max(...rows.map(([k]) => k.length)) + 2;
+  const envWidth = Math.max(...rows.map(([, s]) => s.env.length)) + 2;
+  return rows.map(([k, s]) => `  ${k.padEnd(keyWidth)}${s.env.padEnd(envWidth)}${s.help}`).join('\n');
 }

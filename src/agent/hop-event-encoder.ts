@@ -89,7 +89,7 @@ export function proxyHopEvent(
   deliversLocally: (ifname: string | null) => boolean,
   outcome: ProxyOutcome = classifyProxyBytes(proxyPayloadOf(buf, base).bytes),
 ): HopEvent {
-  if (outcome.kind !== 'header') throw new RecordDecodeError(`proxy record with no reportable header (${outcome.kind})`);
+  if (outcome.kind !== 'header') throw new RecordDecodeError(`proxy record with no reportable header (${outcome.kind})`, { field: 'data', offset: NL_PROXY.data.offset });
   const hdr = outcome.header;
   const ifindex = buf.readUInt32LE(base + NL_PROXY.hdr_ifindex.offset);
   const name = ifindex ? ifname(ifindex) : null;

@@ -154,7 +154,7 @@ export class JsonLineEncoder {
     this.pos = p;
   }
 
-  /** A non-negative integer below 2^53, in decimal. */
+  /** A non-negative integer below 2^53 (decodeFlowHeader refuses records with larger counters), in decimal. */
   private num(n: number): void {
     let digits = 1;
     for (let x = n; x >= 10; x = Math.floor(x / 10)) digits++;

@@ -1,7 +1,7 @@
 import { Command, Option } from 'commander';
 import { Agent } from '../agent/agent.js';
 import { serializeEvent, type AgentEvent } from '../agent/events.js';
-import { AGENT_SETTINGS, resolveConfig } from '../config.js';
+import { AGENT_SETTINGS, CONFIG_ENV, configFileFor, resolveConfig, settingsHelp } from '../config.js';
 import { UsageError } from '../util/errors.js';
 import { JsonLineEncoder } from '../agent/json-line-encoder.js';
 import { CollectorOutput, type CollectorOutputOptions } from '../agent/collector-output.js';
@@ -48,6 +48,7 @@ export function registerAgentCommand(program: Command): void {
     .option('--kubernetes', 'watch Kubernetes (in-cluster, else $KUBECONFIG or ~/.kube/config) and read this node\'s health-check node ports')
     .option('--kubeconfig <path>', 'the same through this kubeconfig (e.g. the lab\'s: natlens lab api-server)')
     .option('--health-check-interval <duration>', 'read health-check node ports this often (default 2s)')
+    .option('--config <file>', `read settings from this YAML file (env ${CONFIG_ENV}); the environment and flags override it`)
     .option('--metrics-listen <host:port>', 'serve /metrics, /healthz and /readyz here (env NATLENS_METRICS_LISTEN; default: off)')
     .addOption(new Option('--log-level <level>', 'least severe log lines written to stderr (env NATLENS_LOG_LEVEL; default info)').choices(['debug', 'info', 'warn', 'error']));
   addSecurityOptions(cmd, 'agent')
@@ -62,10 +63,12 @@ export function registerAgentCommand(program: Command): void {
         '  natlens agent --collector collector.example:7070 --tls-ca ca.crt --tls-cert node2.crt --tls-key node2.key\n' +
         '  # only the NodePort-relevant events\n' +
         '  natlens agent --node node2 --netns /run/netns/nl-node2 --stdout | jq -c \'select(.snat)\'\n\n' +
-        'Environment (overridden by flags):\n' +
-        Object.values(AGENT_SETTINGS).map((s) => `  ${s.env.padEnd(24)} ${s.help}`).join('\n'),
+        'Settings: config file key (--config FILE, YAML "key: value" lines), environment variable.\n' +
+        'Flags override the environment, which overrides the file (see docs/configuration.md):\n' +
+        settingsHelp(AGENT_SETTINGS),
     )
     .action(async (opts: Record<string, string | boolean | undefined>) => {
+      const file = configFileFor(AGENT_SETTINGS, opts.config as string | undefined, process.env);
       const cfg = resolveConfig(AGENT_SETTINGS, {
         node: opts.node as string | undefined, netns: opts.netns as string | undefined, mode: opts.mode as string | undefined,
         udp: opts.udp === false ? false : undefined, attempts: opts.attempts === false ? false : undefined,
@@ -80,7 +83,7 @@ export function registerAgentCommand(program: Command): void {
         healthIntervalMs: opts.healthCheckInterval as string | undefined,
         metricsListen: opts.metricsListen as string | undefined, logLevel: opts.logLevel as string | undefined,
         ...securityFlags(opts),
-      }, process.env, { drainMs: '--drain', dropAfterMs: '--drop-after', statsIntervalMs: '--stats-interval', healthIntervalMs: '--health-check-interval' });
+      }, process.env, { drainMs: '--drain', dropAfterMs: '--drop-after', statsIntervalMs: '--stats-interval', healthIntervalMs: '--health-check-interval' }, file);
       if (!opts.stdout === !cfg.collector) throw new UsageError('agent: choose one output: --collector HOST:PORT or --stdout');
       const kubernetes = cfg.kubernetes || cfg.kubeconfig
         ? { kubeConfig: loadKubeConfig({ kubeconfig: cfg.kubeconfig }), healthIntervalMs: cfg.healthIntervalMs }

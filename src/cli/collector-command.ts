@@ -2,7 +2,7 @@ import { Command, Option } from 'commander';
 import { Collector } from '../collector/collector.js';
 import { PeerRing } from '../collector/peer-ring.js';
 import { ClickHouseStore } from '../collector/store/clickhouse-store.js';
-import { COLLECTOR_SETTINGS, resolveConfig, type ConfigOf } from '../config.js';
+import { COLLECTOR_SETTINGS, CONFIG_ENV, configFileFor, resolveConfig, settingsHelp, type ConfigOf } from '../config.js';
 import { startTransportServer, type TransportServer } from '../transport/stream-server.js';
 import { UsageError } from '../util/errors.js';
 import { ClusterMetadata } from '../k8s/cluster-metadata.js';
@@ -40,6 +40,7 @@ export function registerCollectorCommand(program: Command): void {
     .option('--flush-interval <duration>', 'store received events at least this often (default 250ms)')
     .option('--kubernetes', 'watch Kubernetes (in-cluster, else $KUBECONFIG or ~/.kube/config): pod and Service names, Service history for etp')
     .option('--kubeconfig <path>', 'watch Kubernetes through this kubeconfig (e.g. the lab\'s: natlens lab api-server)')
+    .option('--config <file>', `read settings from this YAML file (env ${CONFIG_ENV}); the environment and flags override it`)
     .option('--metrics-listen <host:port>', 'serve /metrics, /healthz and /readyz here (env NATLENS_METRICS_LISTEN; default: off)')
     .addOption(new Option('--log-level <level>', 'least severe log lines written to stderr (env NATLENS_LOG_LEVEL; default info)').choices(['debug', 'info', 'warn', 'error']));
   addSecurityOptions(cmd, 'collector')
@@ -51,16 +52,18 @@ export function registerCollectorCommand(program: Command): void {
         '  # two collectors behind one address: both hops of a connection meet at the one owning its pod\n' +
         '  natlens collector --id c1 --listen 10.0.0.5:7070 --peers c1=10.0.0.5:7070,c2=10.0.0.6:7070 --data /var/lib/natlens \\\n' +
         '      --tls-ca ca.crt --tls-cert c1.crt --tls-key c1.key       # a collector certificate naming 10.0.0.5\n\n' +
-        'Environment (overridden by flags):\n' +
-        Object.values(COLLECTOR_SETTINGS).map((s) => `  ${s.env.padEnd(26)} ${s.help}`).join('\n'))
+        'Settings: config file key (--config FILE, YAML "key: value" lines), environment variable.\n' +
+        'Flags override the environment, which overrides the file (see docs/configuration.md):\n' +
+        settingsHelp(COLLECTOR_SETTINGS))
     .action(async (opts: Record<string, string | undefined>) => {
+      const file = configFileFor(COLLECTOR_SETTINGS, opts.config, process.env);
       const cfg = resolveConfig(COLLECTOR_SETTINGS, {
         listen: opts.listen, data: opts.data, clickhouseUrl: opts.clickhouseUrl, database: opts.database, ttlDays: opts.ttlDays,
         id: opts.id, peers: opts.peers, holdMs: opts.hold, windowMs: opts.window, retentionMs: opts.retention, flushMs: opts.flushInterval,
         kubernetes: opts.kubernetes as string | boolean | undefined, kubeconfig: opts.kubeconfig,
         metricsListen: opts.metricsListen, logLevel: opts.logLevel,
         ...securityFlags(opts),
-      }, process.env, { holdMs: '--hold', windowMs: '--window', retentionMs: '--retention', flushMs: '--flush-interval' });
+      }, process.env, { holdMs: '--hold', windowMs: '--window', retentionMs: '--retention', flushMs: '--flush-interval' }, file);
       await runCollector(cfg);
     });
 }

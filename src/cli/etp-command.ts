@@ -5,7 +5,7 @@ import { parseNamespacedName } from '../query/target.js';
 import { QueryClient } from '../transport/query-client.js';
 import { addSecurityOptions, queryAccess, securityFlags } from './security-options.js';
 import type { EtpResponse } from '../transport/proto.generated.js';
-import { NatlensError, UsageError } from '../util/errors.js';
+import { NatlensError, UsageError, quoteInput } from '../util/errors.js';
 
 export function registerEtpCommand(program: Command): void {
   const cmd = program
@@ -32,7 +32,7 @@ export function registerEtpCommand(program: Command): void {
     .action(async (service: string, opts: Record<string, string | boolean | undefined>) => {
       const cfg = resolveConfig(QUERY_SETTINGS, { collector: opts.collector as string | undefined, sinceMs: opts.since as string | undefined, ...securityFlags(opts) }, process.env, { sinceMs: '--since' });
       if (!parseNamespacedName(service)) {
-        throw new UsageError(`etp: '${service}' is not NAMESPACE/SERVICE (e.g. default/loadbalancer)`);
+        throw new UsageError(`etp: ${quoteInput(service)} is not NAMESPACE/SERVICE (e.g. default/loadbalancer)`);
       }
       const client = new QueryClient(cfg.collector, undefined, queryAccess(cfg, 'etp'));
       let res: EtpResponse;

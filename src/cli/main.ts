@@ -47,8 +47,10 @@ export async function main(argv: string[]): Promise<number> {
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (err) {
     if (err instanceof CommanderError) {
-      // Help and version are "errors" to commander; usage mistakes exit 2 like every Unix tool.
-      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return 0;
+      // Help and version are "errors" to commander; usage mistakes exit 2 like every Unix tool
+      // (help shown for a missing subcommand, `natlens lab`, is one: commander gives it exit code 1).
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version') return 0;
+      if (err.code === 'commander.help') return err.exitCode === 0 ? 0 : 2;
       return 2;
     }
     process.stderr.write(`natlens: error: ${describeError(err)}\n`);

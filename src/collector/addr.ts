@@ -29,6 +29,8 @@ export function formatAddr(a: Addr16): string {
 /** Parses an IPv4 or IPv6 literal into 16 bytes; null if it is not one. */
 export function parseAddr(text: string): Addr16 | null {
   const kind = isIP(text);
+  // isIP accepts a zone (fe80::1%eth0), which names an interface of some host: not an address here.
+  if (kind === 0 || text.includes('%')) return null;
   if (kind === 4) return toAddr16(Uint8Array.from(text.split('.').map(Number)));
   if (kind !== 6) return null;
   let head = text;

@@ -20,7 +20,7 @@ import { createCompleteness, createCpuLoss, createEtpResponse, createNodeGap, cr
 import { CollectorStreamClient } from '../transport/stream-client.js';
 import { QueryClient } from '../transport/query-client.js';
 import type { TransportSecurity } from '../transport/tls.js';
-import { NatlensError } from '../util/errors.js';
+import { NatlensError, quoteInput } from '../util/errors.js';
 import { parseNamespacedName, parseTarget } from '../query/target.js';
 
 const IPS_SRC_NAT = 0x10;
@@ -63,6 +63,51 @@ async function captureFaults(store: ClickHouseStore, sinceNs: bigint): Promise<{
     lostPerCpu: perCpu.map((c) => createCpuLoss({ node: c.node, cpu: c.cpu, ringbufFull: BigInt(c.ringbufFull) })),
     gaps: gaps.map((g) => createNodeGap({ node: g.node, from: formatTimestamp(g.fromNs), to: formatTimestamp(g.toNs), cause: g.cause, reason: g.reason })),
   };
+}
+
+/** How far ahead of this collector's clock an agent's timestamps may be (clock skew between nodes). */
+export const MAX_CLOCK_AHEAD_MS = 3_600_000;
+/** Longest look-back a query may ask for: the longest TTL a store may have (10 years). */
+export const MAX_SINCE_MS = 3650 * 86_400_000;
+const NS_PER_MS = 1_000_000n;
+
+/**
+ * Why `batch` cannot be stored, naming the field, or null. Timestamps older than the store keeps
+ * would vanish at insert after being acked, and far-future ones would never expire and split the
+ * insert into a partition per day (ClickHouse refuses inserts that touch more than 100).
+ */
+export function implausibleTimestamp(batch: EventBatch, nowMs: number, ttlDays: number): string | null {
+  const newest = BigInt(nowMs + MAX_CLOCK_AHEAD_MS) * NS_PER_MS;
+  // Kept a minute short of the TTL: rows must still be inside it when the insert runs.
+  const oldest = BigInt(nowMs - ttlDays * 86_400_000 + 60_000) * NS_PER_MS;
+  const check = (tsNs: bigint, field: string): string | null => {
+    if (tsNs > newest) {
+      return `${field}: ${formatTimestamp(tsNs)} is ${describeAhead(tsNs - newest + BigInt(MAX_CLOCK_AHEAD_MS) * NS_PER_MS)} ahead of the collector's clock (at most ${MAX_CLOCK_AHEAD_MS / 60_000} minutes allowed): check the clocks of the agent's node and the collector`;
+    }
+    if (tsNs < oldest) return `${field}: ${formatTimestamp(tsNs)} is older than the store keeps (${ttlDays} days, --ttl-days)`;
+    return null;
+  };
+  for (let i = 0; i < batch.events.length; i++) {
+    const why = check(batch.events[i]!.tsNs, `batch.events[${i}].ts_ns`);
+    if (why) return why;
+  }
+  const readings = batch.healthChecks ?? [];
+  for (let i = 0; i < readings.length; i++) {
+    const why = check(readings[i]!.tsNs, `batch.health_checks[${i}].ts_ns`);
+    if (why) return why;
+  }
+  return null;
+}
+
+function describeAhead(ns: bigint): string {
+  const minutes = Number(ns / 60_000_000_000n);
+  return minutes >= 2880 ? `${Math.floor(minutes / 1440)} days` : minutes >= 120 ? `${Math.floor(minutes / 60)} hours` : `${minutes} minutes`;
+}
+
+/** A query's look-back, validated: since_ms 0 means the default hour. */
+function sinceOf(sinceMs: bigint): number {
+  if (sinceMs > BigInt(MAX_SINCE_MS)) throw new QueryError(`since_ms: ${sinceMs} is too far back, at most ${MAX_SINCE_MS} (3650 days) allowed`, GRPC_INVALID_ARGUMENT);
+  return sinceMs > 0n ? Number(sinceMs) : 3_600_000;
 }
 
 interface ResolvedTarget {
@@ -167,6 +212,9 @@ export class Collector extends EventEmitter {
 
   async accept(stream: { hello: Hello; peer: string }, batch: EventBatch): Promise<void> {
     if (this.closed) throw new QueryError('collector is shutting down', GRPC_UNAVAILABLE);
+    // Refused whole (INVALID_ARGUMENT: the agent drops it and counts it) rather than acked and lost.
+    const implausible = implausibleTimestamp(batch, Date.now(), this.options.store.ttlDays ?? 7);
+    if (implausible) throw new QueryError(implausible, GRPC_INVALID_ARGUMENT);
     const { hello } = stream;
     // A resend of a batch this collector stored (its ack was lost with the stream) or is storing.
     if (batch.batchId !== 0n) {
@@ -379,7 +427,7 @@ export class Collector extends EventEmitter {
   // ---- query (QuerySink) ----
 
   async who(req: WhoRequest): Promise<WhoResponse> {
-    const sinceMs = req.sinceMs > 0n ? Number(req.sinceMs) : 3_600_000;
+    const sinceMs = sinceOf(req.sinceMs);
     const sinceNs = BigInt(Date.now() - sinceMs) * 1_000_000n;
     const target = await this.resolveTarget(req.target, sinceNs);
     const { ring } = this.options;
@@ -523,9 +571,9 @@ export class Collector extends EventEmitter {
 
   async etp(req: EtpRequest): Promise<EtpResponse> {
     const svc = parseNamespacedName(req.service);
-    if (!svc) throw new QueryError(`'${req.service}' is not NAMESPACE/SERVICE (e.g. default/loadbalancer)`, GRPC_INVALID_ARGUMENT);
+    if (!svc) throw new QueryError(`${quoteInput(req.service)} is not NAMESPACE/SERVICE (e.g. default/loadbalancer)`, GRPC_INVALID_ARGUMENT);
     const { namespace, name } = svc;
-    const sinceMs = req.sinceMs > 0n ? Number(req.sinceMs) : 3_600_000;
+    const sinceMs = sinceOf(req.sinceMs);
     const sinceNs = BigInt(Date.now() - sinceMs) * 1_000_000n;
     const local = await this.etpLocal(namespace, name, sinceNs);
     const { ring } = this.options;

@@ -9,6 +9,7 @@ import { EventEmitter } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { K8sError } from './errors.js';
+import { httpServerOptions, limitHttpServer, refuseUnexpectedBody } from '../util/http-limits.js';
 
 export interface ObjectMeta {
   name: string;
@@ -442,7 +443,7 @@ export class KubeApiServer {
 
   static async start(opts: KubeApiServerOptions): Promise<KubeApiServer> {
     const host = opts.host ?? '127.0.0.1';
-    const server = createServer();
+    const server = limitHttpServer(createServer(httpServerOptions()));
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) => reject(new K8sError(`cannot listen on ${host}:${opts.port ?? 0}: ${err.message}`, { cause: err })));
       server.listen(opts.port ?? 0, host, () => resolve());
@@ -486,6 +487,8 @@ export class KubeApiServer {
     const query = Object.fromEntries(u.searchParams.entries());
     const watch = query.watch === 'true' || query.watch === '1';
     this.requests.push({ method: req.method ?? 'GET', url: req.url ?? '/', path: u.pathname, query, watch });
+    // Read-only: a body is never read, so one is refused rather than drained.
+    if (refuseUnexpectedBody(req, res)) return;
     try {
       if (this.opts.token !== undefined && req.headers.authorization !== `Bearer ${this.opts.token}`) {
         return sendStatus(res, 401, 'Unauthorized', 'Unauthorized');

@@ -28,6 +28,7 @@
 import dgram from 'node:dgram';
 import http from 'node:http';
 import net from 'node:net';
+import { createLimitedHttpServer, readRequestBody, refuseBody, RequestBodyTooLargeError } from '../util/http-limits.js';
 import { parseProxyHeader, type ProxyHeader } from '../util/proxy-protocol.js';
 
 function arg(name: string, def: string): string {
@@ -36,6 +37,8 @@ function arg(name: string, def: string): string {
 }
 
 const port = Number(arg('port', '8080'));
+/** Where to listen: every address of the pod by default (dual-stack); tests use 127.0.0.1. */
+const host = arg('host', '::');
 const podName = arg('pod', '');
 const nodeName = arg('node', '');
 
@@ -146,8 +149,22 @@ function takeProxyHeader(socket: net.Socket, onReady: (header: ProxyHeader | nul
   socket.on('end', onEnd);
 }
 
+/** Connections at once (each is a socket in the pod): beyond, new ones are closed. */
+const MAX_CONNECTIONS = 1024;
+
 function main(): void {
-  const server = http.createServer((req, res) => {
+  const server = createLimitedHttpServer((req, res) => {
+    // A body is read (bounded) and not echoed, as registry.k8s.io/echoserver's "-no body in request-".
+    readRequestBody(req).then(
+      () => answer(req, res),
+      (err: unknown) => {
+        if (err instanceof RequestBodyTooLargeError) refuseBody(res, err);
+        else res.destroy();
+      },
+    );
+  });
+
+  const answer = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     const sock = req.socket;
     const headers: Array<[string, string]> = [];
     for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
@@ -165,12 +182,9 @@ function main(): void {
       headers,
       ...(proxyHeaders.has(sock) ? { proxy: proxyHeaders.get(sock) as ProxyHeader } : {}),
     });
-    req.resume();
     res.writeHead(200, { 'Content-Type': 'text/plain', 'Content-Length': Buffer.byteLength(body) });
     res.end(body);
-  });
-  server.on('clientError', (_err, socket) => socket.destroy());
-  server.keepAliveTimeout = 5000;
+  };
 
   // TCP is accepted here first: a PROXY header is taken off before HTTP parsing.
   const front = net.createServer((socket) => {
@@ -190,7 +204,7 @@ function main(): void {
     );
   });
 
-  const udp = dgram.createSocket({ type: 'udp6', ipv6Only: false });
+  const udp = dgram.createSocket(net.isIPv4(host) ? { type: 'udp4' } : { type: 'udp6', ipv6Only: false });
   udp.on('error', () => undefined);
   udp.on('message', (msg, rinfo) => {
     // A datagram "GET /path ..." is answered like an HTTP GET of that path.
@@ -216,8 +230,10 @@ function main(): void {
     if (++listening === 2) process.stdout.write('ready\n');
   };
   process.stdout.on('error', () => undefined);
-  front.listen({ host: '::', port, ipv6Only: false }, ready);
-  udp.bind({ port, address: '::' }, ready);
+  // Sockets reach the HTTP server through `front`: the connection bound is front's.
+  front.maxConnections = MAX_CONNECTIONS;
+  front.listen({ host, port, ipv6Only: false }, ready);
+  udp.bind({ port, address: host }, ready);
   const stop = (): void => {
     udp.close();
     front.close();

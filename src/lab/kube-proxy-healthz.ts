@@ -30,6 +30,7 @@
 
 import http from 'node:http';
 import { argNumber, argValue, isMainModule, LabStateFollower, log, onTerminate, signalReady } from './daemon.js';
+import { createLimitedHttpServer, refuseUnexpectedBody } from '../util/http-limits.js';
 import { hasHealthCheck, localEndpointCount } from './topology.js';
 import type { LabService, LabState } from './types.js';
 
@@ -82,7 +83,7 @@ function serve(statePath: string, nodeName: string): void {
   let follower: LabStateFollower;
 
   const handler = (port: number) => (req: http.IncomingMessage, res: http.ServerResponse): void => {
-    req.resume();
+    if (refuseUnexpectedBody(req, res)) return;
     follower.check('request');
     const key = healthCheckPorts(follower.state).get(port) ?? servers.get(port)?.key ?? '';
     const svc = follower.state.services.find((s) => `${s.namespace}/${s.name}` === key && hasHealthCheck(s));
@@ -106,8 +107,7 @@ function serve(statePath: string, nodeName: string): void {
     for (const [port, key] of want) {
       if (servers.has(port)) continue;
       log(`opening healthcheck ${key} on port ${port} (${reason})`);
-      const server = http.createServer(handler(port));
-      server.keepAliveTimeout = 2000;
+      const server = createLimitedHttpServer(handler(port), { keepAliveTimeoutMs: 2000 });
       server.on('error', (err) => {
         log(`healthcheck ${key} on port ${port}: ${err.message}`);
         if (servers.get(port)?.server === server) servers.delete(port); // retried on the next change/poll

@@ -38,6 +38,11 @@ export function proxyFrontends(state: LabState): Map<string, Frontend> {
   return out;
 }
 
+/** Client connections relayed at once (each holds two sockets); beyond, new ones are closed. */
+const MAX_CONNECTIONS = 4096;
+/** A relayed connection idle this long is closed, as a cloud load balancer's idle timeout does. */
+const IDLE_TIMEOUT_MS = 10 * 60_000;
+
 function plain(a: string | undefined): string {
   if (!a) return '';
   return a.startsWith('::ffff:') && a.includes('.') ? a.slice(7) : a;
@@ -86,6 +91,7 @@ function main(): void {
     };
     client.on('error', fail);
     upstream.on('error', fail);
+    client.setTimeout(IDLE_TIMEOUT_MS, () => fail());
     client.on('close', () => upstream.destroy());
     upstream.on('close', () => client.destroy());
     upstream.on('connect', () => {
@@ -120,6 +126,7 @@ function main(): void {
       if (listeners.has(k)) continue;
       const [fam, port] = k.split('|') as [string, string];
       const srv = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConnection);
+      srv.maxConnections = MAX_CONNECTIONS;
       srv.on('error', (err) => {
         log(`listen ${k}: ${err.message}`);
         if (listeners.get(k) === srv) listeners.delete(k);

@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { BPF_OBJECT, PROBE_BIN } from '../util/paths.js';
 import { NatlensError } from '../util/errors.js';
 import { RecordFramer } from './record-stream.js';
-import { decodeRecord, isControlRecord, RecordDecodeError, type ProbeRecord } from './record-decoder.js';
+import { decodeRecord, isControlRecord, NL_RECORD_SIZE, RecordDecodeError, type ProbeRecord } from './record-decoder.js';
 
 export type CaptureMode = 'tc' | 'ctnetlink';
 
@@ -76,7 +76,8 @@ export function probeArgs(opts: ProbeOptions): string[] {
 }
 
 /**
- * Events: 'record' (ProbeRecord), 'status' (ProbeStatus), 'decode-error' (RecordDecodeError), 'exit' (code, signal).
+ * Events: 'record' (ProbeRecord), 'status' (ProbeStatus), 'decode-error' (RecordDecodeError, index of
+ * the record in the stream from 0), 'exit' (code, signal).
  */
 export class ProbeProcess extends EventEmitter {
   readonly interfaces = new Map<number, string>();
@@ -109,15 +110,21 @@ export class ProbeProcess extends EventEmitter {
     const child = spawn(binary, probeArgs(this.options), { stdio: ['ignore', 'pipe', 'pipe'] });
     this.child = child;
     const framer = new RecordFramer();
+    let recordIndex = 0;
+    // A bad record is counted and skipped; the records after it still come out.
+    const rejected = (err: unknown, index: number): void => {
+      if (!(err instanceof RecordDecodeError)) throw err;
+      this.decodeErrors++;
+      this.emit('decode-error', err, index);
+    };
     child.stdout!.on('data', (chunk: Buffer) => {
       framer.push(chunk, (buf, off) => {
+        const index = recordIndex++;
         if (this.flowSink && !isControlRecord(buf, off)) {
           try {
             this.flowSink(buf, off);
           } catch (err) {
-            if (!(err instanceof RecordDecodeError)) throw err;
-            this.decodeErrors++;
-            this.emit('decode-error', err);
+            rejected(err, index);
           }
           return;
         }
@@ -125,16 +132,16 @@ export class ProbeProcess extends EventEmitter {
         try {
           rec = decodeRecord(buf, off);
         } catch (err) {
-          if (!(err instanceof RecordDecodeError)) throw err;
-          this.decodeErrors++;
-          this.emit('decode-error', err);
+          rejected(err, index);
           return;
         }
         this.emit('record', rec);
       });
     });
     this.exited = new Promise((resolve) => child.on('close', (code, signal) => {
-      if (framer.pendingBytes > 0) this.decodeErrors++;
+      if (framer.pendingBytes > 0) {
+        rejected(new RecordDecodeError(`the stream ended inside record ${recordIndex}: ${framer.pendingBytes} of ${NL_RECORD_SIZE} bytes`), recordIndex);
+      }
       this.emit('exit', code, signal);
       resolve(code);
     }));

@@ -4,6 +4,7 @@
  */
 import { NL_CPU_LOSS, NL_EVENT, NL_PROXY, NL_STATS, NL_TUPLE, NL_RECORD_SIZE, NlCounter, NlHook, NlRecordKind } from './record-layout.generated.js';
 import { formatIPv4, formatIPv6 } from './ip-format.js';
+import { NatlensError } from '../util/errors.js';
 
 export { NL_RECORD_SIZE };
 
@@ -92,8 +93,28 @@ export interface CpuLossRecord {
 
 export type ProbeRecord = FlowRecord | ProxyRecord | StatsRecord | CpuLossRecord;
 
-/** A record that cannot be decoded: the stream is out of step or the producer is not ours. */
-export class RecordDecodeError extends Error {}
+/**
+ * A record that cannot be decoded: the stream is out of step or the producer is not ours. `field`
+ * and `offset` (bytes from the record's start) name what is wrong; the message says both.
+ */
+export class RecordDecodeError extends NatlensError {
+  readonly field: string | undefined;
+  readonly offset: number | undefined;
+  constructor(message: string, options?: { field?: string; offset?: number; cause?: unknown }) {
+    const where = options?.field === undefined ? '' : `${options.field} (record byte ${options.offset ?? '?'}): `;
+    super(`bad probe record: ${where}${message}`, { cause: options?.cause });
+    this.field = options?.field;
+    this.offset = options?.offset;
+  }
+}
+
+function badField(field: keyof typeof NL_EVENT & `hdr_${string}`, message: string): RecordDecodeError {
+  return new RecordDecodeError(message, { field: field.slice(4), offset: NL_EVENT[field].offset });
+}
+
+function truncated(available: number): RecordDecodeError {
+  return new RecordDecodeError(`truncated: ${Math.max(0, available)} of ${NL_RECORD_SIZE} bytes`);
+}
 
 /** The kind of a record that is not STATS. */
 export type RecordKind = FlowRecord['kind'] | 'proxy';
@@ -145,20 +166,38 @@ export interface FlowHeader {
   hook: Hook;
 }
 
-/** Validates and names the header of the flow record at `base`. Throws RecordDecodeError. */
+/**
+ * Validates and names the header of the flow record at `base` (NL_RECORD_SIZE bytes must be
+ * available: every reader of the record's body relies on it). Throws RecordDecodeError.
+ */
 export function decodeFlowHeader(buf: Uint8Array, base: number): FlowHeader {
+  if (!(base >= 0 && buf.length - base >= NL_RECORD_SIZE)) throw truncated(buf.length - base);
   const kindCode = buf[base + NL_EVENT.hdr_kind.offset]!;
   const kind = KIND_NAMES.get(kindCode);
-  if (kind === undefined) throw new RecordDecodeError(`unknown record kind ${kindCode}`);
+  if (kind === undefined) throw badField('hdr_kind', `unknown record kind ${kindCode} (known: ${[...KIND_NAMES].map(([c, n]) => `${c} ${n}`).join(', ')}, ${NlRecordKind.STATS} stats)`);
   const family = buf[base + NL_EVENT.hdr_family.offset];
-  if (family !== 4 && family !== 6) throw new RecordDecodeError(`unknown address family ${family} in ${kind} record`);
+  if (family !== 4 && family !== 6) throw badField('hdr_family', `unknown address family ${family} in ${kind} record (expected 4 or 6)`);
   const protoCode = buf[base + NL_EVENT.hdr_proto.offset];
-  if (protoCode !== 6 && protoCode !== 17) throw new RecordDecodeError(`unknown protocol ${protoCode} in ${kind} record`);
-  const hook = HOOK_NAMES.get(buf[base + NL_EVENT.hdr_hook.offset]!);
-  if (hook === undefined) throw new RecordDecodeError(`unknown hook ${buf[base + NL_EVENT.hdr_hook.offset]} in ${kind} record`);
-  if (kind === 'proxy' && protoCode !== 6) throw new RecordDecodeError(`protocol ${protoCode} in a proxy record (PROXY headers open TCP connections)`);
+  if (protoCode !== 6 && protoCode !== 17) throw badField('hdr_proto', `unknown protocol ${protoCode} in ${kind} record (expected 6 TCP or 17 UDP)`);
+  const hookCode = buf[base + NL_EVENT.hdr_hook.offset]!;
+  const hook = HOOK_NAMES.get(hookCode);
+  if (hook === undefined) throw badField('hdr_hook', `unknown hook ${hookCode} in ${kind} record (expected 1-${HOOK_NAMES.size})`);
+  if (kind === 'proxy' && protoCode !== 6) throw badField('hdr_proto', `protocol ${protoCode} in a proxy record (PROXY headers open TCP connections)`);
+  // Checked on the high words only (cheap): a clock past 2262 or a counter past 2^53 is a corrupt
+  // record, and neither fits where events end up (DateTime64(9), JS numbers).
+  if (buf[base + NL_EVENT.hdr_ts_ns.offset + 7]! >= 0x80) throw badField('hdr_ts_ns', 'timestamp past 2^63 ns (year 2262)');
+  if (kind !== 'proxy') {
+    for (const field of COUNTER_FIELDS) {
+      const at = base + NL_EVENT[field].offset;
+      if ((buf[at + 6]! | (buf[at + 7]! << 8)) >= 0x20) {
+        throw new RecordDecodeError(`counter past 2^53 in ${kind} record`, { field, offset: NL_EVENT[field].offset });
+      }
+    }
+  }
   return { kind, family, proto: protoCode === 6 ? 'tcp' : 'udp', hook };
 }
+
+const COUNTER_FIELDS = ['packets_orig', 'bytes_orig', 'packets_reply', 'bytes_reply'] as const;
 
 export function isStatsRecord(buf: Uint8Array, base: number): boolean {
   return buf[base + NL_EVENT.hdr_kind.offset] === NlRecordKind.STATS;
@@ -184,7 +223,7 @@ export function proxyPayloadOf(buf: Uint8Array, base: number): { bytes: Uint8Arr
 
 /** Decodes the record at `base` (NL_RECORD_SIZE bytes must be available). Throws RecordDecodeError on bad kind/family/proto. */
 export function decodeRecord(buf: Uint8Array, base = 0): ProbeRecord {
-  if (buf.length - base < NL_RECORD_SIZE) throw new RecordDecodeError(`record truncated: ${buf.length - base} of ${NL_RECORD_SIZE} bytes`);
+  if (!(base >= 0 && buf.length - base >= NL_RECORD_SIZE)) throw truncated(buf.length - base);
   const view = viewOf(buf);
   const tsNs = view.getBigUint64(base + NL_EVENT.hdr_ts_ns.offset, true);
   if (isStatsRecord(buf, base)) {

@@ -1,5 +1,6 @@
 /** Parses a `who` target: IP, IP:PORT, [IPv6]:PORT or NAMESPACE/POD. */
 import { parseAddr } from '../collector/addr.js';
+import { quoteInput } from '../util/errors.js';
 
 export interface Target {
   addr: Uint8Array;
@@ -27,7 +28,7 @@ export function parseTarget(text: string): Target | PodTarget | string {
   if (t === '') return 'target is empty: give NAMESPACE/POD, a pod IP, IP:PORT or [IPv6]:PORT';
   const pod = parseNamespacedName(t);
   if (pod) return { namespace: pod.namespace, pod: pod.name };
-  if (t.includes('/')) return `'${t.slice(0, 100)}' is not NAMESPACE/POD: both must be lowercase letters, digits and '-' (pod names may contain '.')`;
+  if (t.includes('/')) return `${quoteInput(t)} is not NAMESPACE/POD: both must be lowercase letters, digits and '-' (pod names may contain '.')`;
   if (t.length > 100) return 'target is too long to be an address';
   let host = t;
   let portText: string | undefined;
@@ -40,10 +41,10 @@ export function parseTarget(text: string): Target | PodTarget | string {
   }
   const addr = parseAddr(host);
   if (!addr) {
-    return `'${t}' is not an IP address, IP:PORT or [IPv6]:PORT`;
+    return `${quoteInput(t)} is not an IP address, IP:PORT or [IPv6]:PORT`;
   }
   if (portText === undefined) return { addr };
   const port = Number(portText);
-  if (!Number.isInteger(port) || port < 1 || port > 65535) return `port '${portText}' in '${t}' must be 1-65535`;
+  if (!Number.isInteger(port) || port < 1 || port > 65535) return `port ${portText} in ${quoteInput(t)} must be 1-65535`;
   return { addr, port };
 }

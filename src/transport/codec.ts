@@ -348,6 +348,41 @@ function isUint64(v: unknown): boolean {
   return typeof v === 'number' && v >= 0 && Number.isSafeInteger(v);
 }
 
+// Bounds beyond the wire types: what the collector can store (DateTime64(9) ends in 2262; counters
+// are kept as JS numbers) and what a real peer sends. A value past them is refused with its field
+// named, where it would otherwise fail the store's insert of every agent's batch, again and again.
+/** Latest timestamp a DateTime64(9) column holds (2262-04-11T23:47:16.854775807Z). */
+export const MAX_TS_NS = (1n << 63n) - 1n;
+const MAX_COUNTER = BigInt(Number.MAX_SAFE_INTEGER);
+/** Node, agent and collector names: a Kubernetes node name is a DNS subdomain (253). */
+export const MAX_NAME_LENGTH = 253;
+/** Interface names (Linux: 15). */
+export const MAX_IFNAME_LENGTH = 64;
+export const MAX_VERSION_LENGTH = 128;
+export const MAX_NODE_ADDRESSES = 1024;
+/** Loss stages per report (an agent has about ten) and the length of a stage's name. */
+export const MAX_LOSS_STAGES = 256;
+export const MAX_STAGE_NAME_LENGTH = 64;
+const CONTROL_CHARACTER = /[\u0000-\u001f\u007f]/;
+
+function isTimestamp(v: unknown): boolean {
+  if (typeof v === 'bigint') return v >= 0n && v <= MAX_TS_NS;
+  return typeof v === 'number' && v >= 0 && Number.isSafeInteger(v);
+}
+
+function isCounter(v: unknown): boolean {
+  if (typeof v === 'bigint') return v >= 0n && v <= MAX_COUNTER;
+  return typeof v === 'number' && v >= 0 && Number.isSafeInteger(v);
+}
+
+/** A name of at most `max` characters; `printable`: no control characters either. */
+function nameProblem(v: unknown, field: string, max: number, printable: boolean): Problem | undefined {
+  if (typeof v !== 'string') return { field, message: `expected a string, got ${show(v)}` };
+  if (v.length > max) return { field, message: `${v.length} characters, at most ${max} allowed` };
+  if (printable && CONTROL_CHARACTER.test(v)) return { field, message: `${show(v)} contains a control character` };
+  return undefined;
+}
+
 function tupleProblem(t: Tuple, which: string): Problem | undefined {
   if (t === null || typeof t !== 'object') return { field: which, message: `expected a Tuple, got ${show(t)}` };
   return (
@@ -377,13 +412,13 @@ function hopEventProblem(ev: HopEvent): Problem | undefined {
   }
   if (!isUint32(ev.ctStatus)) return { field: 'ct_status', message: `expected a uint32, got ${show(ev.ctStatus)}` };
   if (!isUint32(ev.tcpIsn)) return { field: 'tcp_isn', message: `expected a uint32, got ${show(ev.tcpIsn)}` };
-  if (typeof ev.ifname !== 'string') return { field: 'ifname', message: `expected a string, got ${show(ev.ifname)}` };
-  if (typeof ev.node !== 'string') return { field: 'node', message: `expected a string, got ${show(ev.node)}` };
-  if (!isUint64(ev.tsNs)) return { field: 'ts_ns', message: `expected a uint64 (bigint), got ${show(ev.tsNs)}` };
-  if (!isUint64(ev.packetsOrig)) return { field: 'packets_orig', message: `expected a uint64 (bigint), got ${show(ev.packetsOrig)}` };
-  if (!isUint64(ev.bytesOrig)) return { field: 'bytes_orig', message: `expected a uint64 (bigint), got ${show(ev.bytesOrig)}` };
-  if (!isUint64(ev.packetsReply)) return { field: 'packets_reply', message: `expected a uint64 (bigint), got ${show(ev.packetsReply)}` };
-  if (!isUint64(ev.bytesReply)) return { field: 'bytes_reply', message: `expected a uint64 (bigint), got ${show(ev.bytesReply)}` };
+  if (typeof ev.ifname !== 'string' || ev.ifname.length > MAX_IFNAME_LENGTH) return nameProblem(ev.ifname, 'ifname', MAX_IFNAME_LENGTH, false);
+  if (typeof ev.node !== 'string' || ev.node.length > MAX_NAME_LENGTH) return nameProblem(ev.node, 'node', MAX_NAME_LENGTH, false);
+  if (!isTimestamp(ev.tsNs)) return { field: 'ts_ns', message: `expected nanoseconds since 1970 up to 2^63-1 (year 2262), got ${show(ev.tsNs)}` };
+  if (!isCounter(ev.packetsOrig)) return { field: 'packets_orig', message: `expected a counter below 2^53, got ${show(ev.packetsOrig)}` };
+  if (!isCounter(ev.bytesOrig)) return { field: 'bytes_orig', message: `expected a counter below 2^53, got ${show(ev.bytesOrig)}` };
+  if (!isCounter(ev.packetsReply)) return { field: 'packets_reply', message: `expected a counter below 2^53, got ${show(ev.packetsReply)}` };
+  if (!isCounter(ev.bytesReply)) return { field: 'bytes_reply', message: `expected a counter below 2^53, got ${show(ev.bytesReply)}` };
   const pv = ev.proxyVersion ?? 0;
   if (kind === HopKind.PROXY ? pv !== 1 && pv !== 2 : pv !== 0) {
     return { field: 'proxy_version', message: kind === HopKind.PROXY ? `must be 1 or 2 on PROXY hops, got ${show(pv)}` : `set on a ${HOP_KIND_NAMES[kind]} hop (only PROXY hops carry it)` };
@@ -412,13 +447,19 @@ export function validateHello(h: Hello, path = 'hello'): void {
       'unsupported_version',
     );
   }
-  if (typeof h.forwardedBy !== 'string') throw invalid(`${path}.forwarded_by`, `expected a string, got ${show(h.forwardedBy)}`);
-  if (typeof h.node !== 'string') throw invalid(`${path}.node`, `expected a string, got ${show(h.node)}`);
+  const named = (v: unknown, field: string, max: number): void => {
+    const p = nameProblem(v, field, max, true);
+    if (p) raise(path, p);
+  };
+  named(h.forwardedBy, 'forwarded_by', MAX_NAME_LENGTH);
+  named(h.node, 'node', MAX_NAME_LENGTH);
   // A forwarding collector has no node of its own: its events name theirs (HopEvent.node).
   if (h.node === '' && h.forwardedBy === '') throw invalid(`${path}.node`, 'missing node name (required unless forwarded_by is set)');
   if (typeof h.agentId !== 'string' || h.agentId === '') throw invalid(`${path}.agent_id`, 'missing agent id');
-  if (typeof h.version !== 'string') throw invalid(`${path}.version`, `expected a string, got ${show(h.version)}`);
+  named(h.agentId, 'agent_id', MAX_NAME_LENGTH);
+  named(h.version, 'version', MAX_VERSION_LENGTH);
   if (!Array.isArray(h.nodeAddresses)) throw invalid(`${path}.node_addresses`, `expected an array, got ${show(h.nodeAddresses)}`);
+  if (h.nodeAddresses.length > MAX_NODE_ADDRESSES) throw invalid(`${path}.node_addresses`, `${h.nodeAddresses.length} addresses, at most ${MAX_NODE_ADDRESSES} allowed`);
   h.nodeAddresses.forEach((a, i) => {
     const p = addressProblem(a, `node_addresses[${i}]`);
     if (p) raise(path, p);
@@ -428,8 +469,18 @@ export function validateHello(h: Hello, path = 'hello'): void {
 function checkLoss(l: LossReport, path: string): void {
   if (l === null || typeof l !== 'object') throw invalid(path, `expected a LossReport, got ${show(l)}`);
   if (l.lost === null || typeof l.lost !== 'object') throw invalid(`${path}.lost`, `expected a map, got ${show(l.lost)}`);
-  for (const [k, v] of Object.entries(l.lost)) if (!isUint64(v)) throw invalid(`${path}.lost[${JSON.stringify(k)}]`, `expected a uint64, got ${show(v)}`);
-  if (!isUint64(l.captured)) throw invalid(`${path}.captured`, `expected a uint64, got ${show(l.captured)}`);
+  const stages = Object.entries(l.lost);
+  if (stages.length > MAX_LOSS_STAGES) throw invalid(`${path}.lost`, `${stages.length} stages, at most ${MAX_LOSS_STAGES} allowed`);
+  for (const [k, v] of stages) {
+    const p = nameProblem(k, `lost[${JSON.stringify(k.slice(0, 40))}]`, MAX_STAGE_NAME_LENGTH, true);
+    if (p) raise(path, { ...p, message: `stage name: ${p.message}` });
+    if (!isCounter(v)) throw invalid(`${path}.lost[${JSON.stringify(k)}]`, `expected a counter below 2^53, got ${show(v)}`);
+  }
+  if (!isCounter(l.captured)) throw invalid(`${path}.captured`, `expected a counter below 2^53, got ${show(l.captured)}`);
+  for (const [v, field] of [[l.node, 'node'], [l.agentId, 'agent_id']] as const) {
+    const p = v === undefined ? undefined : nameProblem(v, field, MAX_NAME_LENGTH, true);
+    if (p) raise(path, p);
+  }
   const perCpu = l.ringbufFullPerCpu ?? {};
   if (perCpu === null || typeof perCpu !== 'object') throw invalid(`${path}.ringbuf_full_per_cpu`, `expected a map, got ${show(perCpu)}`);
   const cpus = Object.entries(perCpu);
@@ -437,7 +488,7 @@ function checkLoss(l: LossReport, path: string): void {
   for (const [cpu, n] of cpus) {
     const at = `${path}.ringbuf_full_per_cpu[${JSON.stringify(cpu)}]`;
     if (!/^\d{1,10}$/.test(cpu) || !isUint32(Number(cpu))) throw invalid(at, 'the key must be a CPU number (uint32)');
-    if (!isUint64(n)) throw invalid(at, `expected a uint64, got ${show(n)}`);
+    if (!isCounter(n)) throw invalid(at, `expected a counter below 2^53, got ${show(n)}`);
   }
   const gaps = l.gaps ?? [];
   if (!Array.isArray(gaps)) throw invalid(`${path}.gaps`, `expected an array, got ${show(gaps)}`);
@@ -494,9 +545,13 @@ export function validateEventBatch(b: EventBatch, limits: BatchLimits = {}, path
 
 function checkHealthCheck(h: HealthCheckReading, path: string): void {
   if (h === null || typeof h !== 'object') throw invalid(path, `expected a HealthCheckReading, got ${show(h)}`);
-  if (!isUint64(h.tsNs)) throw invalid(`${path}.ts_ns`, `expected a uint64, got ${show(h.tsNs)}`);
+  if (!isTimestamp(h.tsNs)) throw invalid(`${path}.ts_ns`, `expected nanoseconds since 1970 up to 2^63-1 (year 2262), got ${show(h.tsNs)}`);
   if (typeof h.namespace !== 'string' || h.namespace === '') throw invalid(`${path}.namespace`, 'missing Service namespace');
   if (typeof h.service !== 'string' || h.service === '') throw invalid(`${path}.service`, 'missing Service name');
+  for (const [v, field] of [[h.namespace, 'namespace'], [h.service, 'service'], [h.node, 'node']] as const) {
+    const p = nameProblem(v, field, MAX_NAME_LENGTH, true);
+    if (p) raise(path, p);
+  }
   if (!isUint32(h.port) || h.port < 1 || h.port > 65535) throw invalid(`${path}.port`, `must be a port (1-65535), got ${show(h.port)}`);
   if (!isUint32(h.statusCode) || h.statusCode > 999) throw invalid(`${path}.status_code`, `must be an HTTP status or 0, got ${show(h.statusCode)}`);
   if (!Number.isInteger(h.localEndpoints) || h.localEndpoints < -1) throw invalid(`${path}.local_endpoints`, `must be -1 or more, got ${show(h.localEndpoints)}`);

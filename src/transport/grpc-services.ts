@@ -120,6 +120,14 @@ export const DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
  */
 export const DEFAULT_FLOW_CONTROL_WINDOW_BYTES = 1024 * 1024;
 
+/**
+ * Largest metadata (HTTP/2 header list, uncompressed) a server takes with one call: tokens and
+ * tracing headers fit many times over; a larger header block resets the call.
+ */
+export const MAX_METADATA_BYTES = 16 * 1024;
+/** Calls open at once on one connection: an agent uses one, a query client or a peer collector a few. */
+export const MAX_CONCURRENT_STREAMS = 128;
+
 const KEEPALIVE_TIME_MS = 30_000;
 const KEEPALIVE_TIMEOUT_MS = 10_000;
 
@@ -144,10 +152,24 @@ export function serverOptions(t: ServerTuning = {}): grpc.ServerOptions {
   return {
     'grpc.max_receive_message_length': max,
     'grpc.max_send_message_length': max,
+    'grpc.max_concurrent_streams': MAX_CONCURRENT_STREAMS,
     // Pings find agents whose node died without closing TCP, so their streams and memory go away.
     'grpc.keepalive_time_ms': KEEPALIVE_TIME_MS,
     'grpc.keepalive_timeout_ms': KEEPALIVE_TIMEOUT_MS,
   };
+}
+
+/**
+ * Bounds the metadata a grpc-js server accepts per call (MAX_METADATA_BYTES): grpc-js has no option
+ * for it (grpc.max_metadata_size is C-core's), so this sets the SETTINGS_MAX_HEADER_LIST_SIZE it
+ * passes to http2.createServer. Call before bindAsync. Best effort on grpc-js internals like
+ * tuneServerFlowControl: false (and Node's own default bound) if they are not there.
+ */
+export function limitServerMetadata(server: grpc.Server, maxBytes = MAX_METADATA_BYTES): boolean {
+  const common = (server as unknown as GrpcServerInternals).commonServerOptions;
+  if (common === null || typeof common !== 'object') return false;
+  common.settings = { ...(common.settings ?? {}), maxHeaderListSize: maxBytes };
+  return true;
 }
 
 export interface ChannelTuning {

@@ -28,6 +28,7 @@ import {
   DEFAULT_MAX_MESSAGE_BYTES,
   REJECTED_SEQ_TRAILER,
   agentServiceRawDefinition,
+  limitServerMetadata,
   queryServiceRawDefinition,
   serverCredentials,
   serverOptions,
@@ -48,6 +49,8 @@ export interface AgentSink {
   /**
    * Store the batch. Resolve once it is durable: the server then acks it and the agent forgets it.
    * Rejecting ends the stream with UNAVAILABLE; the agent reconnects and resends what is unacked.
+   * An error whose grpcCode is INVALID_ARGUMENT refuses the batch itself (named in the trailer
+   * natlens-rejected-seq): the agent drops it and counts it instead of resending it.
    * May be called again for events already accepted (resends after a reconnect).
    */
   accept(stream: AgentStream, batch: EventBatch): Promise<void>;
@@ -246,7 +249,14 @@ export async function startTransportServer(opts: TransportServerOptions): Promis
         },
         (err: unknown) => {
           const code = grpcCodeOf(err) ?? grpc.status.UNAVAILABLE;
-          end(statusError(code, `collector could not store batch ${seq}: ${describeError(err)}`));
+          if (code === grpc.status.INVALID_ARGUMENT) {
+            // The sink refuses this batch for its content: name it, so the agent drops it rather than resending it forever.
+            const md = new grpc.Metadata();
+            md.set(REJECTED_SEQ_TRAILER, String(seq));
+            end(statusError(code, describeError(err), md));
+          } else {
+            end(statusError(code, `collector could not store batch ${seq}: ${describeError(err)}`));
+          }
           settled();
         },
       );
@@ -359,6 +369,7 @@ export async function startTransportServer(opts: TransportServerOptions): Promis
   }
 
   const server = new grpc.Server(serverOptions({ maxMessageBytes }));
+  limitServerMetadata(server);
   const tuning = tuneServerFlowControl(server, opts.flowControlWindowBytes ?? DEFAULT_FLOW_CONTROL_WINDOW_BYTES);
   server.addService(agentServiceRawDefinition, { Stream: handleStream });
   if (querySink) {

@@ -33,3 +33,11 @@ export function describeError(err: unknown): string {
   }
   return parts.join(': caused by: ');
 }
+
+/**
+ * User-supplied text for an error message: JSON-quoted (control characters escaped, so a message
+ * cannot rewrite a terminal or a log line) and cut to `max` characters.
+ */
+export function quoteInput(text: string, max = 100): string {
+  return JSON.stringify(text.length > max ? `${text.slice(0, max)}...` : text);
+}

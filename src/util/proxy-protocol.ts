@@ -81,11 +81,16 @@ function parseV1(buf: Uint8Array): ProxyParse {
   const [, proto, src, dst, sportText, dportText] = parts as [string, string, string, string, string, string];
   const family = proto === 'TCP4' ? 4 : proto === 'TCP6' ? 6 : 0;
   if (family === 0) return invalid(`v1 protocol ${JSON.stringify(proto)} is not TCP4, TCP6 or UNKNOWN`);
-  if (isIP(src) !== family || isIP(dst) !== family) return invalid(`v1 addresses ${JSON.stringify(src)} ${JSON.stringify(dst)} are not IPv${family}`);
+  // A zone (fe80::1%eth0) names an interface of the proxy's host: meaningless here, and not an address.
+  if (isIP(src) !== family || isIP(dst) !== family || src.includes('%') || dst.includes('%')) {
+    return invalid(`v1 addresses ${JSON.stringify(src)} ${JSON.stringify(dst)} are not IPv${family}`);
+  }
   const sport = port(sportText);
   const dport = port(dportText);
   if (sport < 0 || dport < 0) return invalid(`v1 ports ${JSON.stringify(sportText)} ${JSON.stringify(dportText)} are not 0-65535`);
-  return { kind: 'header', header: { version: 1, command: 'proxy', family, transport: 'tcp', src, sport, dst, dport, length } };
+  // IPv6 text has many spellings (::FFFF:1.2.3.4, 0:0::1): report the one v2 headers give.
+  const text = (ip: string): string => (family === 4 ? ip : ipv6Text(addrBytes(ip, 6)));
+  return { kind: 'header', header: { version: 1, command: 'proxy', family, transport: 'tcp', src: text(src), sport, dst: text(dst), dport, length } };
 }
 
 function port(text: string): number {
@@ -179,18 +184,28 @@ export function encodeProxyHeader(version: 1 | 2, c: ProxiedConnection): Buffer 
   return out;
 }
 
+/** Bytes of an address isIP() accepted as `family` (IPv6 may end in dotted IPv4). */
 function addrBytes(ip: string, family: 4 | 6): Uint8Array {
   if (family === 4) return Uint8Array.from(ip.split('.').map(Number));
-  if (ip.includes('.')) throw new RangeError(`IPv6 address with an embedded IPv4 part is not supported here: ${ip}`);
-  const [head, tail] = ip.includes('::') ? (ip.split('::') as [string, string]) : [ip, undefined];
+  let text = ip;
+  let dotted: number[] | undefined;
+  const lastColon = ip.lastIndexOf(':');
+  if (ip.includes('.', lastColon)) {
+    // Embedded IPv4 (::ffff:1.2.3.4): its two groups are filled in below.
+    dotted = ip.slice(lastColon + 1).split('.').map(Number);
+    text = `${ip.slice(0, lastColon + 1)}0:0`;
+  }
+  const [head, tail] = text.includes('::') ? (text.split('::') as [string, string]) : [text, undefined];
   const h = head ? head.split(':') : [];
   const t = tail ? tail.split(':') : [];
   const words = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
+  if (words.length !== 8) throw new RangeError(`not an IPv6 address: ${ip}`);
   const out = new Uint8Array(16);
   words.forEach((w, i) => {
     const v = parseInt(w, 16);
     out[2 * i] = v >> 8;
     out[2 * i + 1] = v & 0xff;
   });
+  if (dotted) out.set(dotted, 12);
   return out;
 }

@@ -109,8 +109,11 @@ describe('transport codec round trips', () => {
       ringbufFullPerCpu: { 0: 2n, 7: 1n },
       gaps: [{ fromNs: 1_765_310_179_032_329_216n, toNs: 1_765_310_185_000_000_001n, cause: 'crashed', reason: 'the previous natlens-probe (pid 4242) ended without detaching', previousPid: 4242 }],
     };
-    const back = decodeAgentMessage(encodeAgentMessage(msg));
+    // The wire carries any uint64; the contract (validation) bounds timestamps and counters further.
+    const wire = encodeAgentMessage(msg, { validate: false });
+    const back = parseAgentMessage(wire);
     expect(norm(back)).toEqual(norm(msg));
+    expect(() => decodeAgentMessage(wire)).toThrow(/batch\.events\[1\]\.ts_ns: expected nanoseconds since 1970 up to 2\^63-1 \(year 2262\), got 9223372036854788153n/);
     expect(typeof back.batch!.events[1]!.tsNs).toBe('bigint');
     expect(back.batch!.events[2]!.reply).toBeUndefined();
     expect(back.batch!.events[1]!.packetsOrig).toBe((1n << 64n) - 1n);
@@ -233,11 +236,12 @@ describe('hand-coded hot path (AgentMessage, EventBatch, HopEvent, Tuple)', () =
     for (let i = 0; i < 300; i++) {
       const events = Array.from({ length: rnd(8) }, randomEvent);
       const msg: AgentMessage = { batch: { seq: u64() || 1n, events, loss: rnd(2) ? { lost: { a: u64(), b: 0n }, captured: u64(), node: str(), agentId: str(), ringbufFullPerCpu: rnd(2) ? { 1: u64() } : {}, gaps: [] } : undefined, batchId: u64(), healthChecks: Array.from({ length: rnd(3) }, randomReading) } };
-      const fast = encodeAgentMessage(msg);
+      // Wire agreement over the whole uint64 range: structure only, the contract's bounds are tested apart.
+      const fast = encodeAgentMessage(msg, { validate: false });
       const viaPbjs = decodeMessage('AgentMessage', fast);
       expect(norm(viaPbjs)).toEqual(norm(msg));
       const pbjsBytes = encodeMessage('AgentMessage', msg);
-      expect(norm(decodeAgentMessage(pbjsBytes))).toEqual(norm(msg));
+      expect(norm(parseAgentMessage(pbjsBytes))).toEqual(norm(msg));
       expect(fast.length).toBe(pbjsBytes.length);
     }
   });
@@ -341,10 +345,28 @@ describe('transport codec validation', () => {
     expectProtocolError(() => decodeAgentMessage(encodeAgentMessage({ hello: { ...hello, node: '' } }, { validate: false })), /hello\.node: missing/);
   });
 
+  it('bounds beyond the wire types: what the store can keep and what a real peer sends', () => {
+    const decode = (msg: AgentMessage) => () => decodeAgentMessage(encodeAgentMessage(msg, { validate: false }));
+    expectProtocolError(decode(batchMsg([conn({ tsNs: 1n << 63n })])), /batch\.events\[0\]\.ts_ns: expected nanoseconds since 1970 up to 2\^63-1/);
+    decodeAgentMessage(encodeAgentMessage(batchMsg([conn({ tsNs: (1n << 63n) - 1n, packetsOrig: 2n ** 53n - 1n })])));
+    expectProtocolError(decode(batchMsg([conn({ packetsReply: 2n ** 53n })])), /batch\.events\[0\]\.packets_reply: expected a counter below 2\^53, got 9007199254740992n/);
+    expectProtocolError(decode(batchMsg([conn({ ifname: 'x'.repeat(65) })])), /batch\.events\[0\]\.ifname: 65 characters, at most 64 allowed/);
+    expectProtocolError(decode(batchMsg([conn({ node: 'n'.repeat(254) })])), /batch\.events\[0\]\.node: 254 characters, at most 253 allowed/);
+    expectProtocolError(decode({ hello: { ...hello, node: 'a\tb' } }), /hello\.node: "a\\tb" contains a control character/);
+    expectProtocolError(decode({ hello: { ...hello, agentId: 'a'.repeat(300) } }), /hello\.agent_id: 300 characters, at most 253 allowed/);
+    expectProtocolError(decode({ hello: { ...hello, version: 'v'.repeat(129) } }), /hello\.version: 129 characters, at most 128 allowed/);
+    expectProtocolError(decode({ hello: { ...hello, nodeAddresses: Array.from({ length: 1025 }, () => v4(1, 2, 3, 4)) } }), /hello\.node_addresses: 1025 addresses, at most 1024 allowed/);
+    const loss = (over: object) => ({ batch: { ...batchMsg([]).batch!, loss: { lost: {}, captured: 0n, node: '', agentId: '', ...over } } });
+    expectProtocolError(decode(loss({ lost: Object.fromEntries(Array.from({ length: 257 }, (_, i) => [`s${i}`, 1n])) })), /batch\.loss\.lost: 257 stages, at most 256 allowed/);
+    expectProtocolError(decode(loss({ lost: { ['s'.repeat(65)]: 1n } })), /batch\.loss\.lost\["s+"\]: stage name: 65 characters, at most 64 allowed/);
+    expectProtocolError(decode(loss({ captured: 1n << 60n })), /batch\.loss\.captured: expected a counter below 2\^53/);
+    expectProtocolError(decode(loss({ node: 'x\u0000' })), /batch\.loss\.node: .*control character/);
+  });
+
   it('encoding rejects values the wire cannot carry', () => {
-    expectProtocolError(() => encodeAgentMessage(batchMsg([conn({ tsNs: -1n })])), /batch\.events\[0\]\.ts_ns: expected a uint64 \(bigint\), got -1n/);
-    expectProtocolError(() => encodeAgentMessage(batchMsg([conn({ tsNs: 1n << 64n })])), /ts_ns: expected a uint64/);
-    expectProtocolError(() => encodeAgentMessage(batchMsg([conn({ bytesReply: 1.5 as unknown as bigint })])), /bytes_reply: expected a uint64/);
+    expectProtocolError(() => encodeAgentMessage(batchMsg([conn({ tsNs: -1n })])), /batch\.events\[0\]\.ts_ns: expected nanoseconds since 1970 up to 2\^63-1 \(year 2262\), got -1n/);
+    expectProtocolError(() => encodeAgentMessage(batchMsg([conn({ tsNs: 1n << 64n })])), /ts_ns: expected nanoseconds/);
+    expectProtocolError(() => encodeAgentMessage(batchMsg([conn({ bytesReply: 1.5 as unknown as bigint })])), /bytes_reply: expected a counter below 2\^53/);
     expectProtocolError(() => encodeMessage('Ack', { seq: -1n }), /Ack\.seq: -1n is out of range for an unsigned 64-bit field/);
     expectProtocolError(() => encodeAgentMessage(batchMsg([conn({ ctStatus: -1 })])), /ct_status: expected a uint32/);
   });

@@ -131,7 +131,12 @@ const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
  * Readers dedupe by conn_id themselves, so collapsing duplicates inside each inserted block is
  * wasted work: about a fifth of the engine's insert time on this machine.
  */
-const INSERT_SETTINGS = { optimize_on_insert: 0 } as const;
+const INSERT_SETTINGS = {
+  optimize_on_insert: 0,
+  // Rows of many days (a long TTL, an agent's backlog) make a part per day: more than 100 must
+  // not fail the insert of every agent's batch, again at each retry.
+  throw_on_max_partitions_per_insert_block: 0,
+} as const;
 const INSERT_SETTINGS_SQL = Object.entries(INSERT_SETTINGS).map(([k, v]) => `${k} = ${v}`).join(', ');
 /** Kept writers (each holds one batch's worth of memory) for the next inserts. */
 const WRITER_POOL_SIZE = 2;
@@ -158,6 +163,8 @@ interface Opened {
 
 export class ClickHouseStore {
   readonly database: string;
+  /** Rows older than this many days are dropped at insert (and by merges later). */
+  ttlDays = DEFAULT_TTL_DAYS;
   readonly #client: ClickHouseClient;
   readonly #backend: Backend;
   readonly #writers: RowBinaryWriter[] = [];
@@ -187,6 +194,7 @@ export class ClickHouseStore {
     }
     const { client, backend } = opts.dataDir !== undefined ? await openEmbedded(opts.dataDir) : await openServer(opts.url ?? '', opts.requestTimeoutMs);
     const store = new ClickHouseStore(client, backend, database);
+    store.ttlDays = ttlDays;
     try {
       await store.#ensureSchema(ttlDays);
     } catch (err) {
