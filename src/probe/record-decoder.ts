@@ -273,9 +273,15 @@ function decodeCpuLoss(view: DataView, base: number, tsNs: bigint): CpuLossRecor
   const count = view.getUint16(base + NL_CPU_LOSS.cpu_count.offset, true);
   const cpuTotal = view.getUint16(base + NL_CPU_LOSS.cpu_total.offset, true);
   if (count < 1 || count > NL_CPU_LOSS.ringbuf_full.count || cpuFirst + count > cpuTotal) {
-    throw new RecordDecodeError(`cpu_loss record for CPUs ${cpuFirst}..${cpuFirst + count - 1} of ${cpuTotal}: not a valid range`);
+    throw new RecordDecodeError(`CPUs ${cpuFirst}..${cpuFirst + count - 1} of ${cpuTotal}: not a valid range`, { field: 'cpu_count', offset: NL_CPU_LOSS.cpu_count.offset });
   }
   const ringbufFull: number[] = [];
-  for (let i = 0; i < count; i++) ringbufFull.push(Number(view.getBigUint64(base + NL_CPU_LOSS.ringbuf_full.offset + 8 * i, true)));
+  for (let i = 0; i < count; i++) {
+    const offset = NL_CPU_LOSS.ringbuf_full.offset + 8 * i;
+    const n = view.getBigUint64(base + offset, true);
+    // Same bound as every other counter: above 2^53 the record is corrupt, not a real count.
+    if (n >= 1n << 53n) throw new RecordDecodeError(`cpu ${cpuFirst + i}: ${n} is not a plausible count`, { field: 'ringbuf_full', offset });
+    ringbufFull.push(Number(n));
+  }
   return { kind: 'cpu_loss', tsNs, cpuFirst, cpuTotal, ringbufFull };
 }

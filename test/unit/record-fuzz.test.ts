@@ -51,7 +51,7 @@ const proxyPayload: fc.Arbitrary<Uint8Array> = fc.oneof(
 /** A 128-byte record: random body, header fields mostly valid, u64 counters over their full range. */
 const anyRecord: fc.Arbitrary<Buffer> = fc.record({
   body: fc.uint8Array({ minLength: NL_RECORD_SIZE, maxLength: NL_RECORD_SIZE }),
-  kind: mostly([1, 2, 3, 4, 5, 6]),
+  kind: mostly([1, 2, 3, 4, 5, 6, 7]),
   family: mostly([4, 6]),
   proto: mostly([6, 17]),
   hook: mostly([1, 2, 3]),
@@ -130,7 +130,7 @@ describe('probe record decoding under hostile bytes', () => {
         const hop = attempt(() => hopEventFromRecord(buf, 0, ifnames, deliversLocally));
         outcomes[obj.ok ? 'accepted' : 'rejected']++;
         if (!obj.ok) {
-          expect(obj.err.field).toMatch(/^(kind|family|proto|hook|ts_ns|packets_orig|bytes_orig|packets_reply|bytes_reply)$/);
+          expect(obj.err.field).toMatch(/^(kind|family|proto|hook|ts_ns|packets_orig|bytes_orig|packets_reply|bytes_reply|cpu_count|ringbuf_full)$/);
           expect(obj.err.message).toContain(`(record byte ${obj.err.offset})`);
           expect(attempt(() => enc.encode(buf, 0)).ok).toBe(false);
           expect(enc.length).toBe(0); // nothing half-written
@@ -138,7 +138,7 @@ describe('probe record decoding under hostile bytes', () => {
           return;
         }
         const rec = obj.value as ProbeRecord;
-        if (rec.kind === 'stats') return; // not a flow record: the sinks never see it
+        if (rec.kind === 'stats' || rec.kind === 'cpu_loss') return; // control records: the sinks never see them
         enc.encode(buf, 0);
         const text = enc.take().toString('utf8');
         if (rec.kind === 'proxy') {
