@@ -85,11 +85,14 @@ describe.skipIf(!!skip)('capabilities of capture (setpriv)', () => {
   const traffic = async (): Promise<void> => {
     await labCurl('client', 'nodeport@node2', { prefix }).catch(() => undefined);
   };
-  const agent = (wrapper: string[], extra: string[] = []) => runUntilReady(
+  // Each run starts as a first run would: runs under other users (root, nobody) leave lock (state)
+  // files this one may not open without CAP_DAC_OVERRIDE; a real node keeps one user.
+  const agent = (wrapper: string[], extra: string[] = []) => (clearLocks(), runUntilReady(
     [...wrapper, process.execPath, NATLENS, 'agent', '--node', 'node2', '--stdout', '--lock-dir', lockDir, '--drop-after', '500ms', ...extra],
     (line, stream) => stream === 'stdout' && line.includes('"type":"ready"'),
     traffic,
-  );
+  ));
+  const clearLocks = (): void => { for (const f of readdirSync(lockDir)) rmSync(join(lockDir, f), { force: true }); };
 
   beforeAll(async () => {
     state = await labUp({ prefix, proxyMode: 'iptables', force: true });
@@ -152,9 +155,6 @@ describe.skipIf(!!skip)('capabilities of capture (setpriv)', () => {
     }, 40_000);
 
     it('needs no root uid: the same set as ambient capabilities of user nobody', async () => {
-      // The root runs above left their lock (state) files, owned by root: a node keeps one user, so
-      // start this one as a first run would.
-      for (const f of readdirSync(lockDir)) rmSync(join(lockDir, f), { force: true });
       const r = await agent(only(NEEDED, NOBODY), ['--netns', node2().netnsPath]);
       expect(r.ready, r.stderr.join('\n')).toBe(true);
       expect(r.conns).toBeGreaterThan(0);
