@@ -1,10 +1,10 @@
 import { Command } from 'commander';
-import { Collector } from '../collector/collector.js';
+import { Collector, type StoreRetry } from '../collector/collector.js';
 import { PeerRing } from '../collector/peer-ring.js';
 import { ClickHouseStore } from '../collector/store/clickhouse-store.js';
 import { COLLECTOR_SETTINGS, resolveConfig, type ConfigOf } from '../config.js';
 import { startTransportServer, type TransportServer } from '../transport/stream-server.js';
-import { UsageError } from '../util/errors.js';
+import { UsageError, describeError } from '../util/errors.js';
 import { ClusterMetadata } from '../k8s/cluster-metadata.js';
 import { ClusterWatch } from '../k8s/cluster-watch.js';
 import { loadKubeConfig } from '../k8s/kube-config.js';
@@ -33,6 +33,8 @@ export function registerCollectorCommand(program: Command): void {
     .option('--flush-interval <duration>', 'store received events at least this often (default 250ms)')
     .option('--kubernetes', 'watch Kubernetes (in-cluster, else $KUBECONFIG or ~/.kube/config): pod and Service names, Service history for etp')
     .option('--kubeconfig <path>', 'watch Kubernetes through this kubeconfig (e.g. the lab\'s: natlens lab api-server)')
+    .option('--max-buffered-hops <n>', 'hops held while the store is slow or away (default 200000); beyond, agents wait')
+    .option('--clickhouse-timeout <duration>', 'give up on a ClickHouse server request after this long, then retry (default 30s)')
     .addHelpText('after',
       '\nExamples:\n' +
         '  natlens collector --data /var/lib/natlens                       # embedded store\n' +
@@ -46,7 +48,8 @@ export function registerCollectorCommand(program: Command): void {
         listen: opts.listen, data: opts.data, clickhouseUrl: opts.clickhouseUrl, database: opts.database, ttlDays: opts.ttlDays,
         id: opts.id, peers: opts.peers, holdMs: opts.hold, windowMs: opts.window, retentionMs: opts.retention, flushMs: opts.flushInterval,
         kubernetes: opts.kubernetes as string | boolean | undefined, kubeconfig: opts.kubeconfig,
-      }, process.env, { holdMs: '--hold', windowMs: '--window', retentionMs: '--retention', flushMs: '--flush-interval' });
+        maxBufferedHops: opts.maxBufferedHops, clickhouseTimeoutMs: opts.clickhouseTimeout,
+      }, process.env, { holdMs: '--hold', windowMs: '--window', retentionMs: '--retention', flushMs: '--flush-interval', clickhouseTimeoutMs: '--clickhouse-timeout' });
       await runCollector(cfg);
     });
 }
@@ -66,13 +69,21 @@ export interface CollectorService {
   close(): Promise<void>;
 }
 
-/** Store + collector + gRPC server from one configuration: `natlens collector` and the demo. */
+/**
+ * Store + collector + gRPC server from one configuration: `natlens collector` and the demo. Does not
+ * wait for the store: the collector serves (not ready) and retries with backoff until it is reached.
+ */
 export async function startCollectorService(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): Promise<CollectorService> {
   if (!cfg.data === !cfg.clickhouseUrl) throw new UsageError('collector: give exactly one store: --data DIR (embedded) or --clickhouse-url URL');
   const ring = new PeerRing(cfg.id, PeerRing.parsePeers(cfg.peers));
-  const store = await ClickHouseStore.open({ dataDir: cfg.data, url: cfg.clickhouseUrl, database: cfg.database, ttlDays: cfg.ttlDays });
-  const collector = new Collector({
-    ring, store, version: NATLENS_VERSION, flushIntervalMs: cfg.flushMs, maxBufferedHops: 500_000,
+  let collector: Collector | undefined;
+  const store = ClickHouseStore.connect(
+    { dataDir: cfg.data, url: cfg.clickhouseUrl, database: cfg.database, ttlDays: cfg.ttlDays, requestTimeoutMs: cfg.clickhouseTimeoutMs },
+    // Reported like failed writes (attempts only fail after the collector exists: they are asynchronous).
+    { onRetry: (r) => collector?.emit('store-retry', { store: r.store, attempt: r.attempt, retryInMs: r.delayMs, error: describeError(r.error), bufferedHops: 0 } satisfies StoreRetry) },
+  );
+  collector = new Collector({
+    ring, store, version: NATLENS_VERSION, flushIntervalMs: cfg.flushMs, maxBufferedHops: cfg.maxBufferedHops,
     stitcher: { holdMs: cfg.holdMs, windowMs: cfg.windowMs, retentionMs: cfg.retentionMs, maxChains: 2_000_000 },
   });
   collector.start();
@@ -114,10 +125,27 @@ export async function startCollectorService(cfg: ConfigOf<typeof COLLECTOR_SETTI
   };
 }
 
+/** Store failures are logged at most this often (the first at once), with how many were not. */
+const STORE_LOG_INTERVAL_MS = 5000;
+
 export async function runCollector(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): Promise<void> {
   const service = await startCollectorService(cfg);
   const { collector, server, ring } = service;
   collector.on('warn', (msg: string) => status('warn', { msg }));
+  let lastStoreLog = 0;
+  let unlogged = 0;
+  collector.on('store-retry', (r: StoreRetry) => {
+    const now = Date.now();
+    if (r.attempt > 1 && now - lastStoreLog < STORE_LOG_INTERVAL_MS) {
+      unlogged++;
+      return;
+    }
+    status('store_unavailable', { ...r, unlogged });
+    lastStoreLog = now;
+    unlogged = 0;
+  });
+  collector.on('store-recovered', (r: Record<string, unknown>) => status('store_recovered', r));
+  collector.on('restored', (r: Record<string, unknown>) => status('restored', r));
   status('listening', { address: cfg.listen, port: server.port, id: cfg.id, store: cfg.data ? { embedded: cfg.data } : { url: redact(cfg.clickhouseUrl!) }, peers: ring.peers.map((p) => p.id) });
   const statsTimer = setInterval(() => status('stats', collector.stats()), 10_000);
   statsTimer.unref();
@@ -128,6 +156,13 @@ export async function runCollector(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): Pr
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
+    // A store that can never be used (bad URL, foreign tables): say so and stop.
+    service.store.whenConnected().catch((err: unknown) => {
+      if (service.store.state !== 'failed') return;
+      status('error', { msg: describeError(err) });
+      process.exitCode = 2;
+      stop('store');
+    });
   });
   clearInterval(statsTimer);
   await service.close();
