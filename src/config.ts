@@ -85,7 +85,7 @@ export const COLLECTOR_SETTINGS = {
   maxMessageBytes: { env: 'NATLENS_MAX_MESSAGE_BYTES', default: 16 << 20, parse: int(1024, 256 << 20), help: 'largest gRPC message accepted' },
   kubernetes: { env: 'NATLENS_KUBERNETES', default: false, parse: bool, help: 'watch Kubernetes (in-cluster config, else $KUBECONFIG / ~/.kube/config) for names and Service history' },
   kubeconfig: { env: 'NATLENS_KUBECONFIG', default: undefined, parse: optionalStr, help: 'watch Kubernetes through this kubeconfig file' },
-  maxBufferedHops: { env: 'NATLENS_MAX_BUFFERED_HOPS', default: 200_000, parse: int(1000, 10_000_000), help: 'hops held while the store is slow or away; beyond, agents are made to wait (their own queues are bounded)' },
+  maxBufferedHops: { env: 'NATLENS_MAX_BUFFERED_HOPS', default: 100_000, parse: int(1000, 10_000_000), help: 'hops held while the store is slow or away (about 1.2 KB each); beyond, agents are made to wait (their own queues are bounded)' },
   clickhouseTimeoutMs: { env: 'NATLENS_CLICKHOUSE_TIMEOUT', default: 30_000, parse: durationMs(100, 600_000), help: 'give up on a ClickHouse server request after this long, then retry with backoff' },
 } satisfies Record<string, Setting<unknown>>;
 

@@ -33,7 +33,7 @@ export function registerCollectorCommand(program: Command): void {
     .option('--flush-interval <duration>', 'store received events at least this often (default 250ms)')
     .option('--kubernetes', 'watch Kubernetes (in-cluster, else $KUBECONFIG or ~/.kube/config): pod and Service names, Service history for etp')
     .option('--kubeconfig <path>', 'watch Kubernetes through this kubeconfig (e.g. the lab\'s: natlens lab api-server)')
-    .option('--max-buffered-hops <n>', 'hops held while the store is slow or away (default 200000); beyond, agents wait')
+    .option('--max-buffered-hops <n>', 'hops held while the store is slow or away (default 100000, about 1.2 KB each); beyond, agents wait')
     .option('--clickhouse-timeout <duration>', 'give up on a ClickHouse server request after this long, then retry (default 30s)')
     .addHelpText('after',
       '\nExamples:\n' +

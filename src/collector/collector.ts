@@ -397,8 +397,10 @@ export class Collector extends EventEmitter {
   }
 
   private async doFlush(): Promise<void> {
-    // Backing off after a failure (closing tries once more regardless).
+    // Backing off after a failure (closing tries once more regardless); a store still connecting
+    // reports its own retries.
     if (Date.now() < this.retryAt && !this.closed) return;
+    if (this.options.store.state === 'connecting') return;
     const hops = this.hops;
     const waiters = this.waiters;
     this.hops = [];
