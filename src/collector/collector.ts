@@ -72,6 +72,8 @@ const DEFAULT_RESTORE_MAX_HOPS = 500_000;
 /** Agents reconnect with backoff up to 5 s: restored chains wait that much longer for their hops. */
 const DEFAULT_RESTORE_GRACE_MS = 6000;
 const DEFAULT_RESTORE_DEDUPE_MS = 120_000;
+/** Failed restore attempts (with the store reached) before ingest goes on without it. */
+const RESTORE_ATTEMPTS = 5;
 
 /** An error with the gRPC status a query answer should carry. */
 export class QueryError extends NatlensError {
@@ -208,6 +210,13 @@ export class Collector extends EventEmitter {
         return;
       } catch (err) {
         if (this.closed || this.options.store.state === 'failed') return;
+        // Ingest waits for the restore: never forever. Without it, chains pending before the
+        // restart may be stored unstitched; nothing acknowledged is lost.
+        if (attempt + 1 >= RESTORE_ATTEMPTS) {
+          this.emit('warn', `restore after restart failed ${attempt + 1} times, going on without it (connections pending before the restart may be stored unstitched): ${describeError(err)}`);
+          this.recovered = true;
+          return;
+        }
         const delay = backoffDelay(attempt, this.options.storeBackoff ?? DEFAULT_STORE_BACKOFF);
         this.emit('warn', `restore after restart: ${describeError(err)}; retrying in ${delay} ms`);
         await new Promise<void>((resolve) => {

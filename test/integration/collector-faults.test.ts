@@ -322,3 +322,186 @@ describe.skipIf(!isRoot)('collector on an embedded store whose filesystem fills 
     expect(new Set(stored.map((r) => r.id))).toEqual(new Set(kept));
   }, 120_000);
 });
+
+const skipLab = skipReason();
+if (skipLab) console.warn(`test/integration/collector-faults.test.ts: lab tests skipped: ${skipLab}`);
+
+interface LoadResult { connections: number; failed: number }
+
+describe.skipIf(!!skipLab)('collector killed in the middle of a stream, on a lab (kube-proxy iptables)', () => {
+  const prefix = `cf${process.pid % 100000}`;
+  const tmp = mkdtempSync(join(tmpdir(), 'natlens-cfault-'));
+  let state: LabState;
+  let collector: RunningCollector | undefined;
+  let agents: NatlensProcess[] = [];
+  let node2Ip = '';
+  let podIp = '';
+
+  beforeAll(async () => {
+    state = await labUp({ prefix, proxyMode: 'iptables', force: true });
+    // A natlens-load server on node1 behind NodePort 30091, reached through node2: every connection
+    // crosses two nodes (node2 DNATs and SNATs, node1 delivers), so it is stitched from two hops.
+    const server = { command: [LOAD_BIN, 'serve', '--port', '8080', '--max-seconds', '900'], readyPort: 8080, cmdlineMatch: `${LOAD_BIN} serve --port 8080 --max-seconds 900` };
+    await labAddPods([{ name: 'sink-1', node: 'node1', labels: { app: 'sink' }, server }], { prefix });
+    await labAddService({ name: 'sink', type: 'NodePort', selector: { app: 'sink' }, ports: [{ name: 'tcp', protocol: 'TCP', port: 91, targetPort: 8080, nodePort: 30091 }] }, { prefix });
+    state = requireLabState(prefix);
+    node2Ip = state.nodes.find((n) => n.name === 'node2')!.internalIPs.find((a) => !a.includes(':'))!;
+    podIp = state.pods.find((p) => p.name === 'sink-1')!.ips.find((a) => !a.includes(':'))!;
+  }, 120_000);
+
+  afterAll(async () => {
+    await Promise.all(agents.map((a) => a.stop()));
+    await collector?.process.stop();
+    await labDown({ prefix });
+    rmSync(tmp, { recursive: true, force: true });
+  }, 60_000);
+
+  const nodes = () => state.nodes.map((n) => ({ name: n.name, netnsPath: n.netnsPath }));
+
+  /** `n` connections from the lab's client to node2:30091; `record`: their client ports. */
+  async function load(n: number, concurrency: number, record: string): Promise<LoadResult> {
+    const r = await nsRun(state.client.netns, LOAD_BIN, [
+      'client', '--target', `${node2Ip}:30091`, '--concurrency', String(concurrency), '--max-conns', String(n), '--duration-s', '20', '--json', '--record', record,
+    ], { timeoutMs: 40_000 });
+    return JSON.parse(r.stdout.trim().split('\n').pop()!) as LoadResult;
+  }
+
+  const clientPorts = (file: string): number[] => readFileSync(file, 'utf8').trim().split('\n').filter(Boolean).map((l) => Number(l.split(' ')[1]));
+
+  /** Connections to the sink pod as readers see them: highest version per conn_id, superseded skipped. */
+  const CONNECTIONS_SQL = (pod: string) => `
+    SELECT client_port, toString(status) AS status, hop_nodes FROM (
+      SELECT conn_id, argMax(client_port, version) AS client_port, argMax(status, version) AS status, argMax(hop_nodes, version) AS hop_nodes
+      FROM natlens.connections WHERE endpoint = toIPv6('${pod}') GROUP BY conn_id)
+    WHERE status != 'superseded' ORDER BY client_port`;
+
+  async function stopAll(): Promise<void> {
+    await Promise.all(agents.map((a) => a.stop()));
+    await collector?.process.stop();
+    collector = undefined;
+  }
+
+  it('(a) SIGKILL mid-stream, restart on the same data and port: every connection stored exactly once, stitched', async () => {
+    const [port] = await freePorts(1);
+    const listen = `127.0.0.1:${port}`;
+    const dataDir = join(tmp, 'a');
+    mkdirSync(dataDir);
+    collector = await startCollector([], listen, { dataDir });
+    try {
+      await streamKillRestart(listen, dataDir);
+    } finally {
+      await stopAll();
+    }
+  }, 150_000);
+
+  async function streamKillRestart(listen: string, dataDir: string): Promise<void> {
+    agents = await startAgents(nodes(), collector!.address);
+    const ROUNDS = 20;
+    const PER = 20;
+    const results: LoadResult[] = [];
+    // A steady stream: 20 rounds of 20 connections, one every ~200 ms, across the kill and restart.
+    const stream = (async () => {
+      for (let r = 0; r < ROUNDS; r++) {
+        results.push(await load(PER, 2, join(tmp, `a-${r}.txt`)));
+        await sleep(150);
+      }
+    })();
+    await waitFor(() => (results.length >= 5 ? true : undefined), 30_000, 'five rounds of load');
+    collector.process.kill('SIGKILL');
+    await collector.process.wait();
+    await sleep(1500); // the agents keep capturing and queueing meanwhile
+    collector = await startCollector([], listen, { dataDir });
+    await stream;
+    const K = ROUNDS * PER;
+    expect(results.reduce((a, r) => a + r.connections, 0)).toBe(K);
+    expect(results.every((r) => r.failed === 0)).toBe(true);
+    const ports = Array.from({ length: ROUNDS }, (_, r) => clientPorts(join(tmp, `a-${r}.txt`))).flat().sort((a, b) => a - b);
+    expect(ports).toHaveLength(K);
+
+    // The restarted collector took back what the killed one held.
+    const restored = await collector.process.waitStatus('restored', 30_000);
+    expect(restored.hops as number).toBeGreaterThan(0);
+    // `who`: K connections from the client, entering node2, ending on node1, all stitched.
+    let answer = await who(podIp, collector.address, ['--since', '10m']);
+    const deadline = Date.now() + 30_000;
+    while (answer.rows.reduce((a, r) => a + r.connections, 0) < K && Date.now() < deadline) {
+      await sleep(1000);
+      answer = await who(podIp, collector.address, ['--since', '10m']);
+    }
+    expect(answer.rows.map((r) => ({ client: r.client, seen_as: r.seen_as, ingress_node: r.ingress_node, endpoint_node: r.endpoint_node, stitched: r.stitched, connections: r.connections })))
+      .toEqual([{ client: state.client.ips.find((a) => !a.includes(':')), seen_as: node2Ip, ingress_node: 'node2', endpoint_node: 'node1', stitched: true, connections: K }]);
+    expect(answer.complete).toMatchObject({ events_lost: 0, unstitched: 0 });
+
+    // Exactly once, by client port, in the store itself.
+    const dataDirA = collector.dataDir;
+    await stopAll();
+    const rows = await queryDataDir<{ client_port: number; status: string; hop_nodes: string[] }>(dataDirA, CONNECTIONS_SQL(podIp));
+    expect(rows.map((r) => r.client_port)).toEqual(ports);
+    expect(rows.filter((r) => r.status !== 'complete' || r.hop_nodes.join('>') !== 'node2>node1')).toEqual([]);
+    const hops = await queryDataDir<{ sport: number; n: string }>(dataDirA, `
+      SELECT orig_sport AS sport, toString(uniqExact(hop_id)) AS n FROM natlens.hops
+      WHERE node = 'node2' AND kind = 'conn' AND orig_dport = 30091 GROUP BY sport ORDER BY sport`);
+    expect(hops.map((h) => h.sport)).toEqual(ports);
+    expect(hops.every((h) => h.n === '1')).toBe(true);
+  }
+
+  it('(b) an agent queue overflowing while the collector is away is counted in who\'s completeness, also after another restart; captured = stored + lost', async () => {
+    const [port] = await freePorts(1);
+    const listen = `127.0.0.1:${port}`;
+    const dataDir = join(tmp, 'b');
+    mkdirSync(dataDir);
+    collector = await startCollector([], listen, { dataDir });
+    try {
+      await overflowWhileAway(listen, dataDir);
+    } finally {
+      await stopAll();
+    }
+  }, 150_000);
+
+  async function overflowWhileAway(listen: string, dataDir: string): Promise<void> {
+    agents = await startAgents(nodes(), collector!.address, ['--queue-events', '1000']);
+    expect((await load(50, 2, join(tmp, 'b-0.txt'))).connections).toBe(50);
+    collector.process.kill('SIGKILL');
+    await collector.process.wait();
+    // While it is away: 1500 connections, more than the agents' 1000-event queues hold.
+    const r = await load(1500, 8, join(tmp, 'b-1.txt'));
+    expect(r).toMatchObject({ connections: 1500, failed: 0 });
+    collector = await startCollector([], listen, { dataDir });
+    const overflowOf = async () => (await who(podIp, collector!.address, ['--since', '10m'])).complete.lost_by_stage.queue_overflow ?? 0;
+    // Each agent reports its counts with its next batch, once reconnected: wait until they settle.
+    const readings: number[] = [];
+    const deadline = Date.now() + 40_000;
+    while (Date.now() < deadline && !(readings.length >= 4 && readings.at(-1)! > 0 && readings.slice(-4).every((v) => v === readings.at(-1)))) {
+      readings.push(await overflowOf());
+      await sleep(1000);
+    }
+    const first = readings.at(-1)!;
+    expect(first).toBeGreaterThan(0);
+
+    // Killed again and restarted: the counts are in the store, not in the collector's memory.
+    collector.process.kill('SIGKILL');
+    await collector.process.wait();
+    collector = await startCollector([], listen, { dataDir });
+    expect(await overflowOf()).toBe(first);
+
+    // The agents stop (draining what they hold) and say what they captured and dropped.
+    await Promise.all(agents.map((a) => a.stop()));
+    const stopped = agents.map((a) => a.statusOf('stopped')!);
+    agents = [];
+    const dropped = stopped.reduce((a, s) => a + (s.overflowEvents as number), 0);
+    expect(dropped).toBe(first);
+    expect(stopped.every((s) => s.unacked === 0)).toBe(true);
+    const answer = await who(podIp, collector.address, ['--since', '10m']);
+    // Every stage is listed (the kernel's at 0): only the queue lost anything.
+    expect(Object.fromEntries(Object.entries(answer.complete.lost_by_stage).filter(([, n]) => n > 0))).toEqual({ queue_overflow: dropped });
+    expect(answer.complete.events_lost).toBe(dropped);
+
+    await stopAll();
+    const stored = await queryDataDir<{ node: string; n: string }>(dataDir, 'SELECT node, toString(uniqExact(hop_id)) AS n FROM natlens.hops GROUP BY node');
+    const storedOf = (node: string) => Number(stored.find((s) => s.node === node)?.n ?? 0);
+    const byNode = state.nodes.map((n, i) => ({ node: n.name, captured: stopped[i]!.captured, stored: storedOf(n.name), lost: stopped[i]!.overflowEvents }));
+    for (const b of byNode) expect(b.captured, JSON.stringify(byNode)).toBe(b.stored + (b.lost as number));
+    // The agents that carried the traffic did overflow.
+    expect(byNode.find((b) => b.node === 'node2')!.lost as number).toBeGreaterThan(0);
+  }
+});

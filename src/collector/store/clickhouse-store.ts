@@ -659,13 +659,14 @@ function addrFromHex(hex: string): Addr16 {
 }
 
 interface HopRow {
-  id: string; node: string; kind: HopKind; proto: Proto; family: number; ts: string;
+  id: string; node: string; kind: HopKind; proto: Proto; family: number; ts_ns: string;
   os: string; osp: number; od: string; odp: number; rs: string; rsp: number; rd: string; rdp: number;
   ct_status: number; isn: number | null; ifname: string; delivered_local: boolean | number;
   po: string; bo: string; pr: string; br: string; proxy_version: number;
 }
 
-const HOP_ROW_COLUMNS = `toString(hop_id) AS id, node, kind, proto, family, toString(toUnixTimestamp64Nano(ts)) AS ts,
+// Aliases never repeat a column name: ClickHouse would read the alias in WHERE.
+const HOP_ROW_COLUMNS = `toString(hop_id) AS id, node, kind, proto, family, toString(toUnixTimestamp64Nano(ts)) AS ts_ns,
   hex(orig_src) AS os, orig_sport AS osp, hex(orig_dst) AS od, orig_dport AS odp,
   hex(reply_src) AS rs, reply_sport AS rsp, hex(reply_dst) AS rd, reply_dport AS rdp,
   ct_status, isn, ifname, delivered_local,
@@ -674,7 +675,7 @@ const HOP_ROW_COLUMNS = `toString(hop_id) AS id, node, kind, proto, family, toSt
 function hopFromRow(r: HopRow): Hop {
   // Only 'conn' hops are read back, and they always have a reply direction.
   return {
-    id: BigInt(r.id), node: r.node, kind: r.kind, proto: r.proto, family: Number(r.family) === 6 ? 6 : 4, tsNs: BigInt(r.ts),
+    id: BigInt(r.id), node: r.node, kind: r.kind, proto: r.proto, family: Number(r.family) === 6 ? 6 : 4, tsNs: BigInt(r.ts_ns),
     orig: { src: addrFromHex(r.os), sport: Number(r.osp), dst: addrFromHex(r.od), dport: Number(r.odp) },
     reply: { src: addrFromHex(r.rs), sport: Number(r.rsp), dst: addrFromHex(r.rd), dport: Number(r.rdp) },
     ctStatus: Number(r.ct_status), isn: r.isn === null ? null : Number(r.isn), ifname: r.ifname, deliveredLocal: Boolean(r.delivered_local),
@@ -683,20 +684,20 @@ function hopFromRow(r: HopRow): Hop {
 }
 
 interface ConnectionRow {
-  id: string; version: number; ts: string; last_ts: string; proto: Proto; family: number; endpoint: string; endpoint_port: number;
-  service: string; service_port: number; client: string | null; client_port: number; seen_as: string; seen_as_port: number;
+  id: string; version: number; ts_ns: string; last_ts_ns: string; proto: Proto; family: number; endpoint_hex: string; endpoint_port: number;
+  service_hex: string; service_port: number; client_hex: string | null; client_port: number; seen_as_hex: string; seen_as_port: number;
   ingress_node: string; endpoint_node: string; snat: boolean | number; status: StitchStatus; hop_nodes: string[]; isn: number | null;
 }
 
-const CONNECTION_ROW_COLUMNS = `toString(conn_id) AS id, version, toString(toUnixTimestamp64Nano(ts)) AS ts, toString(toUnixTimestamp64Nano(last_ts)) AS last_ts,
-  proto, family, hex(endpoint) AS endpoint, endpoint_port, hex(service) AS service, service_port, hex(client) AS client, client_port,
-  hex(seen_as) AS seen_as, seen_as_port, ingress_node, endpoint_node, snat, status, hop_nodes, isn`;
+const CONNECTION_ROW_COLUMNS = `toString(conn_id) AS id, version, toString(toUnixTimestamp64Nano(ts)) AS ts_ns, toString(toUnixTimestamp64Nano(last_ts)) AS last_ts_ns,
+  proto, family, hex(endpoint) AS endpoint_hex, endpoint_port, hex(service) AS service_hex, service_port, hex(client) AS client_hex, client_port,
+  hex(seen_as) AS seen_as_hex, seen_as_port, ingress_node, endpoint_node, snat, status, hop_nodes, isn`;
 
 function connectionFromRow(connId: bigint, r: ConnectionRow): ConnectionRecord {
   return {
-    connId, version: Number(r.version), tsNs: BigInt(r.ts), lastTsNs: BigInt(r.last_ts), proto: r.proto, family: Number(r.family) === 6 ? 6 : 4,
-    endpoint: addrFromHex(r.endpoint), endpointPort: Number(r.endpoint_port), service: addrFromHex(r.service), servicePort: Number(r.service_port),
-    client: r.client === null ? null : addrFromHex(r.client), clientPort: Number(r.client_port), seenAs: addrFromHex(r.seen_as), seenAsPort: Number(r.seen_as_port),
+    connId, version: Number(r.version), tsNs: BigInt(r.ts_ns), lastTsNs: BigInt(r.last_ts_ns), proto: r.proto, family: Number(r.family) === 6 ? 6 : 4,
+    endpoint: addrFromHex(r.endpoint_hex), endpointPort: Number(r.endpoint_port), service: addrFromHex(r.service_hex), servicePort: Number(r.service_port),
+    client: r.client_hex === null ? null : addrFromHex(r.client_hex), clientPort: Number(r.client_port), seenAs: addrFromHex(r.seen_as_hex), seenAsPort: Number(r.seen_as_port),
     ingressNode: r.ingress_node, endpointNode: r.endpoint_node, snat: Boolean(r.snat), status: r.status, hopNodes: r.hop_nodes,
     isn: r.isn === null ? null : Number(r.isn),
   };
