@@ -9,8 +9,8 @@
 // - on a lab (root): the collector SIGKILLed in the middle of a stream and restarted on the same
 //   data and port: every connection is stored exactly once, stitched; an agent queue overflowing
 //   while the collector is away is counted in `who`'s completeness, also after another restart.
-import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -357,6 +357,10 @@ describe.skipIf(!!skipLab)('collector killed in the middle of a stream, on a lab
   }, 60_000);
 
   const nodes = () => state.nodes.map((n) => ({ name: n.name, netnsPath: n.netnsPath }));
+  const current = (): RunningCollector => {
+    if (!collector) throw new Error('no collector running');
+    return collector;
+  };
 
   /** `n` connections from the lab's client to node2:30091; `record`: their client ports. */
   async function load(n: number, concurrency: number, record: string): Promise<LoadResult> {
@@ -399,8 +403,8 @@ describe.skipIf(!!skipLab)('collector killed in the middle of a stream, on a lab
     // connection reach the collector apart, so a kill often falls between them (one stored and
     // acknowledged, the other not), as with agents of unequal load.
     agents = [
-      ...await startAgents(nodes().filter((n) => n.name === 'node1'), collector!.address, ['--batch-events', '1']),
-      ...await startAgents(nodes().filter((n) => n.name !== 'node1'), collector!.address),
+      ...await startAgents(nodes().filter((n) => n.name === 'node1'), current().address, ['--batch-events', '1']),
+      ...await startAgents(nodes().filter((n) => n.name !== 'node1'), current().address),
     ];
     const ROUNDS = 60;
     const PER = 10;
@@ -413,11 +417,11 @@ describe.skipIf(!!skipLab)('collector killed in the middle of a stream, on a lab
     for (const atRound of [5, 30]) {
       await waitFor(() => (results.length >= atRound ? true : undefined), 60_000, `${atRound} rounds of load`);
       await sleep(Math.random() * 50); // anywhere within a round
-      collector!.process.kill('SIGKILL');
-      await collector!.process.wait();
+      current().process.kill('SIGKILL');
+      await current().process.wait();
       await sleep(1000); // the agents keep capturing and queueing meanwhile
       collector = await startCollector([], listen, { dataDir });
-      const restored = await collector.process.waitStatus('restored', 30_000);
+      const restored = await current().process.waitStatus('restored', 30_000);
       expect(restored.hops as number).toBeGreaterThan(0);
     }
     await stream;
@@ -428,18 +432,18 @@ describe.skipIf(!!skipLab)('collector killed in the middle of a stream, on a lab
     expect(ports).toHaveLength(K);
 
     // `who`: K connections from the client, entering node2, ending on node1, all stitched.
-    let answer = await who(podIp, collector.address, ['--since', '10m']);
+    let answer = await who(podIp, current().address, ['--since', '10m']);
     const deadline = Date.now() + 30_000;
     while (answer.rows.reduce((a, r) => a + r.connections, 0) < K && Date.now() < deadline) {
       await sleep(1000);
-      answer = await who(podIp, collector.address, ['--since', '10m']);
+      answer = await who(podIp, current().address, ['--since', '10m']);
     }
     expect(answer.rows.map((r) => ({ client: r.client, seen_as: r.seen_as, ingress_node: r.ingress_node, endpoint_node: r.endpoint_node, stitched: r.stitched, connections: r.connections })))
       .toEqual([{ client: state.client.ips.find((a) => !a.includes(':')), seen_as: node2Ip, ingress_node: 'node2', endpoint_node: 'node1', stitched: true, connections: K }]);
     expect(answer.complete).toMatchObject({ events_lost: 0, unstitched: 0 });
 
     // Exactly once, by client port, in the store itself.
-    const dataDirA = collector.dataDir;
+    const dataDirA = dataDir;
     await stopAll();
     const rows = await queryDataDir<{ client_port: number; status: string; hop_nodes: string[] }>(dataDirA, CONNECTIONS_SQL(podIp));
     expect(rows.map((r) => r.client_port)).toEqual(ports);
@@ -465,15 +469,15 @@ describe.skipIf(!!skipLab)('collector killed in the middle of a stream, on a lab
   }, 150_000);
 
   async function overflowWhileAway(listen: string, dataDir: string): Promise<void> {
-    agents = await startAgents(nodes(), collector!.address, ['--queue-events', '1000']);
+    agents = await startAgents(nodes(), current().address, ['--queue-events', '1000']);
     expect((await load(50, 2, join(tmp, 'b-0.txt'))).connections).toBe(50);
-    collector.process.kill('SIGKILL');
-    await collector.process.wait();
+    current().process.kill('SIGKILL');
+    await current().process.wait();
     // While it is away: 1500 connections, more than the agents' 1000-event queues hold.
     const r = await load(1500, 8, join(tmp, 'b-1.txt'));
     expect(r).toMatchObject({ connections: 1500, failed: 0 });
     collector = await startCollector([], listen, { dataDir });
-    const overflowOf = async () => (await who(podIp, collector!.address, ['--since', '10m'])).complete.lost_by_stage.queue_overflow ?? 0;
+    const overflowOf = async () => (await who(podIp, current().address, ['--since', '10m'])).complete.lost_by_stage.queue_overflow ?? 0;
     // Each agent reports its counts with its next batch, once reconnected: wait until they settle.
     const readings: number[] = [];
     const deadline = Date.now() + 40_000;
@@ -485,8 +489,8 @@ describe.skipIf(!!skipLab)('collector killed in the middle of a stream, on a lab
     expect(first).toBeGreaterThan(0);
 
     // Killed again and restarted: the counts are in the store, not in the collector's memory.
-    collector.process.kill('SIGKILL');
-    await collector.process.wait();
+    current().process.kill('SIGKILL');
+    await current().process.wait();
     collector = await startCollector([], listen, { dataDir });
     expect(await overflowOf()).toBe(first);
 
@@ -497,7 +501,7 @@ describe.skipIf(!!skipLab)('collector killed in the middle of a stream, on a lab
     const dropped = stopped.reduce((a, s) => a + (s.overflowEvents as number), 0);
     expect(dropped).toBe(first);
     expect(stopped.every((s) => s.unacked === 0)).toBe(true);
-    const answer = await who(podIp, collector.address, ['--since', '10m']);
+    const answer = await who(podIp, current().address, ['--since', '10m']);
     // Every stage is listed (the kernel's at 0): only the queue lost anything.
     expect(Object.fromEntries(Object.entries(answer.complete.lost_by_stage).filter(([, n]) => n > 0))).toEqual({ queue_overflow: dropped });
     expect(answer.complete.events_lost).toBe(dropped);
