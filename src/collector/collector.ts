@@ -335,6 +335,9 @@ export class Collector extends EventEmitter {
       done.push(this.forwarder(peer).send(events));
     }
     if (local.length) done.push(this.ingestLocal(local, hello.node));
+    // Loss counters and health readings alone are acknowledged once stored too: a loss-only batch
+    // acked and then lost in a crash would not be sent again.
+    else if (batch.loss || batch.healthChecks?.length) done.push(new Promise<void>((resolve) => this.waiters.push(resolve)));
     await Promise.all(done);
   }
 
