@@ -242,7 +242,10 @@ export class Collector extends EventEmitter {
     const st = this.stitcher.options;
     const r = this.options.restore ?? {};
     const latest = await store.latestHopNs();
-    if (latest === null) return;
+    if (latest === null) {
+      this.emit('restored', { hops: 0, storedRecords: 0, chains: { chains: 0, stored: 0, pending: 0, contextOnly: 0 } });
+      return;
+    }
     const ms = 1_000_000n;
     const fromNs = latest - BigInt(st.holdMs + st.retentionMs + st.windowMs) * ms;
     let contextNs = fromNs - BigInt(2 * st.windowMs) * ms;
@@ -255,14 +258,15 @@ export class Collector extends EventEmitter {
     }
     for (const hop of hops) if (hop.reply && hop.ctStatus & IPS_SRC_NAT) this.nodeAddresses.set(addrKey(hop.reply.dst), hop.node);
     const stored = await store.connectionsByIds(new Set(hops.map((h) => hash64([h.id]))), contextNs - BigInt(2 * st.windowMs) * ms);
-    this.stitcher.restore(hops, Date.now(), {
+    const chains = this.stitcher.restore(hops, Date.now(), {
       contextBeforeNs: contextNs > fromNs ? contextNs : fromNs,
       stored,
       graceMs: r.graceMs ?? DEFAULT_RESTORE_GRACE_MS,
       dedupeMs: r.dedupeMs ?? DEFAULT_RESTORE_DEDUPE_MS,
     });
     this.counters.restoredHops = hops.length;
-    this.emit('restored', { hops: hops.length, storedRecords: stored.size });
+    // chains.pending: connections whose record died with the previous process (now written again).
+    this.emit('restored', { hops: hops.length, storedRecords: stored.size, chains });
   }
 
   // ---- ingest (AgentSink) ----

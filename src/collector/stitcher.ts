@@ -44,6 +44,14 @@ export interface RestoreOptions {
   dedupeMs: number;
 }
 
+/** What restore() found: chains rebuilt, of which already stored, never stored (pending again), context only. */
+export interface RestoreResult {
+  chains: number;
+  stored: number;
+  pending: number;
+  contextOnly: number;
+}
+
 export const DEFAULT_STITCHER_OPTIONS: StitcherOptions = { holdMs: 2000, windowMs: 5000, retentionMs: 15_000, maxChains: 1_000_000 };
 
 /** Which node an address belongs to: agents announce their nodes' addresses. */
@@ -150,7 +158,7 @@ export class Stitcher {
    * only of context hops (older than contextBeforeNs: its record may name a hop not restored) is
    * not written. Resent copies of restored hops are skipped for dedupeMs.
    */
-  restore(hops: readonly Hop[], nowMs: number, o: RestoreOptions): void {
+  restore(hops: readonly Hop[], nowMs: number, o: RestoreOptions): RestoreResult {
     const at = nowMs + o.graceMs;
     const links: Link[] = [];
     for (const h of hops) {
@@ -162,11 +170,18 @@ export class Stitcher {
     this.restoredUntil = nowMs + o.dedupeMs;
     const chains = new Set<Chain>();
     for (const l of links) if (!l.chain.dead) chains.add(l.chain);
-    for (const chain of chains) this.adopt(chain, nowMs, o);
+    const result: RestoreResult = { chains: chains.size, stored: 0, pending: 0, contextOnly: 0 };
+    for (const chain of chains) {
+      const how = this.adopt(chain, nowMs, o);
+      if (how === 'stored') result.stored++;
+      else if (how === 'pending') result.pending++;
+      else result.contextOnly++;
+    }
+    return result;
   }
 
   /** Gives a restored chain the identity of its stored record(s); see restore(). */
-  private adopt(chain: Chain, nowMs: number, o: RestoreOptions): void {
+  private adopt(chain: Chain, nowMs: number, o: RestoreOptions): 'stored' | 'pending' | 'context' {
     const stored: ConnectionRecord[] = [];
     let context = true;
     for (let l: Link | null = chain.head; l; l = l.next) {
@@ -174,7 +189,7 @@ export class Stitcher {
       if (rec) stored.push(rec);
       if (l.hop.tsNs >= o.contextBeforeNs) context = false;
     }
-    if (stored.length === 0 && !context) return; // never stored: pending, as any new chain
+    if (stored.length === 0 && !context) return 'pending'; // never stored: pending, as any new chain
     // Stored under an id it keeps (the highest version, then the lowest id: the same choice every time).
     const live = stored.filter((r) => r.status !== 'superseded').sort((a, b) => b.version - a.version || (a.connId < b.connId ? -1 : 1));
     const kept = live[0];
@@ -194,7 +209,7 @@ export class Stitcher {
       if (rank(now) > rank(kept)) {
         if (now.status !== 'complete') this.retained.push(chain);
         this.emit(chain, nowMs);
-        return;
+        return 'stored';
       }
     }
     // Stored as it is (or only as context): nothing to write; keep it linkable unless complete.
@@ -204,6 +219,7 @@ export class Stitcher {
     } else {
       this.retained.push(chain);
     }
+    return stored.length ? 'stored' : 'context';
   }
 
   /** Emits what is ready; call periodically. Returns records to store (new, updated, superseded). */
