@@ -188,7 +188,7 @@ function slowHopInserts(real: ClickHouseStore, delayMs: () => number): ClickHous
 }
 
 describe('collector on a slow store (a fault-injecting wrapper around the real embedded store)', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'natlens-slow-store-'));
+  let dir = '';
   let real: ClickHouseStore | undefined;
   let collector: Collector | undefined;
   let server: TransportServer | undefined;
@@ -198,10 +198,11 @@ describe('collector on a slow store (a fault-injecting wrapper around the real e
     await server?.close({ timeoutMs: 1000 });
     await collector?.close().catch(() => undefined);
     await real?.close();
-    rmSync(dir, { recursive: true, force: true });
+    if (dir) rmSync(dir, { recursive: true, force: true });
   }, 60_000);
 
   it('holds at most maxBufferedHops (+ one batch) while inserts crawl, then stores every acked event exactly once', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'natlens-slow-store-'));
     real = await ClickHouseStore.open({ dataDir: dir });
     let delayMs = 1500;
     collector = new Collector({
@@ -240,12 +241,13 @@ describe('collector on a slow store (a fault-injecting wrapper around the real e
 });
 
 describe.skipIf(!isRoot)('collector on an embedded store whose filesystem fills up (tmpfs, ENOSPC), then is freed', () => {
-  const mnt = mkdtempSync(join(tmpdir(), 'natlens-enospc-'));
+  let mnt = '';
   let mounted = false;
   let collector: RunningCollector | undefined;
   let agent: SyntheticAgent | undefined;
 
   beforeAll(() => {
+    mnt = mkdtempSync(join(tmpdir(), 'natlens-enospc-'));
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=192m', 'tmpfs', mnt]);
     mounted = true;
   });
@@ -254,7 +256,7 @@ describe.skipIf(!isRoot)('collector on an embedded store whose filesystem fills 
     await agent?.client.close({ drainTimeoutMs: 0 });
     await collector?.stop();
     if (mounted) execFileSync('umount', [mnt]);
-    rmSync(mnt, { recursive: true, force: true });
+    if (mnt) rmSync(mnt, { recursive: true, force: true });
   }, 60_000);
 
   it('backs off, pushes back (bounded), and once space is back stores every event the agent kept, exactly once', async () => {
@@ -330,7 +332,7 @@ interface LoadResult { connections: number; failed: number }
 
 describe.skipIf(!!skipLab)('collector killed in the middle of a stream, on a lab (kube-proxy iptables)', () => {
   const prefix = `cf${process.pid % 100000}`;
-  const tmp = mkdtempSync(join(tmpdir(), 'natlens-cfault-'));
+  let tmp = '';
   let state: LabState;
   let collector: RunningCollector | undefined;
   let agents: NatlensProcess[] = [];
@@ -338,6 +340,7 @@ describe.skipIf(!!skipLab)('collector killed in the middle of a stream, on a lab
   let podIp = '';
 
   beforeAll(async () => {
+    tmp = mkdtempSync(join(tmpdir(), 'natlens-cfault-'));
     state = await labUp({ prefix, proxyMode: 'iptables', force: true });
     // A natlens-load server on node1 behind NodePort 30091, reached through node2: every connection
     // crosses two nodes (node2 DNATs and SNATs, node1 delivers), so it is stitched from two hops.
@@ -353,7 +356,7 @@ describe.skipIf(!!skipLab)('collector killed in the middle of a stream, on a lab
     await Promise.all(agents.map((a) => a.stop()));
     await collector?.process.stop();
     await labDown({ prefix });
-    rmSync(tmp, { recursive: true, force: true });
+    if (tmp) rmSync(tmp, { recursive: true, force: true });
   }, 60_000);
 
   const nodes = () => state.nodes.map((n) => ({ name: n.name, netnsPath: n.netnsPath }));
