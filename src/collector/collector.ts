@@ -443,7 +443,7 @@ export class Collector extends EventEmitter {
       if (loss.length) await store.insertLoss(loss);
     } catch (err) {
       this.flushingHops = 0;
-      // Keep everything and retry on the next tick; agents hold their unacked batches meanwhile.
+      // Keep everything and retry after a backoff; agents hold their unacked batches meanwhile.
       this.hops = hops.concat(this.hops);
       this.health = health.concat(this.health);
       this.waiters = waiters.concat(this.waiters);

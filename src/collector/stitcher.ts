@@ -9,7 +9,8 @@
  * after `holdMs` without news, as 'unstitched' with what is known and nothing guessed. Unstitched
  * chains stay linkable for `retentionMs`: a late hop updates the record (same connId, higher
  * version) and a chain absorbed into another is re-emitted as 'superseded'. Complete chains are
- * forgotten once emitted: nothing can join them.
+ * forgotten once emitted: nothing can join them. After a collector restart, restore() takes back
+ * the stored hops of the last moments, so that chains pending in the killed process are not lost.
  */
 import { addrEqual, tupleKey } from './addr.js';
 import { hash64 } from './hop-id.js';

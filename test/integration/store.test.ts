@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { createClient, type ClickHouseClientConfigOptions } from '@clickhouse/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Addr16, ConnectionRecord, Hop, LossSample } from '../../src/collector/hop.js';
-import { ClickHouseStore, StoreError, StoreUnavailableError, type WhoRowData } from '../../src/collector/store/clickhouse-store.js';
+import { ClickHouseStore, StoreError, StoreSchemaError, StoreUnavailableError, type WhoRowData } from '../../src/collector/store/clickhouse-store.js';
 import { ALL_TABLES, type ServiceHistoryRow } from '../../src/collector/store/schema.js';
 
 const REPO = join(import.meta.dirname, '..', '..');
@@ -482,13 +482,20 @@ describe('ClickHouseStore.connect (in the background, with backoff)', () => {
   });
 
   it('fails for good, without retrying, on a configuration problem', async () => {
+    // Bad options: at once.
+    for (const opts of [{ url: 'not a url' }, { dataDir: join(root, 'x'), ttlDays: 0 }]) {
+      expect(() => ClickHouseStore.connect(opts), JSON.stringify(opts)).toThrow(expect.objectContaining({ exitCode: 2 }));
+    }
+    // Tables of another schema: found once connected, not retried.
+    const dir = join(root, 'foreign-schema');
+    await raw(dir, 'CREATE DATABASE IF NOT EXISTS natlens');
+    await raw(dir, 'CREATE TABLE natlens.hops (hop_id UInt64) ENGINE = MergeTree ORDER BY hop_id');
     const retries: unknown[] = [];
-    const store = ClickHouseStore.connect({ url: 'not a url' }, { onRetry: (r) => retries.push(r) });
-    await expect(store.whenConnected()).rejects.toMatchObject({ exitCode: 2 });
+    const store = ClickHouseStore.connect({ dataDir: dir }, { onRetry: (r) => retries.push(r) });
+    await expect(store.whenConnected()).rejects.toBeInstanceOf(StoreSchemaError);
     expect(store.state).toBe('failed');
     expect(retries).toEqual([]);
     await store.close();
-    expect(() => ClickHouseStore.connect({ dataDir: join(root, 'x'), ttlDays: 0 })).toThrow(StoreError);
   });
 });
 

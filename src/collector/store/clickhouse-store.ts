@@ -720,6 +720,11 @@ function checkOptions(opts: StoreOptions): { database: string; ttlDays: number; 
     const dataDir = path.resolve(opts.dataDir);
     return { database, ttlDays, backend: { kind: 'embedded', dataDir, ingestDir: path.join(dataDir, 'ingest') } };
   }
+  try {
+    new URL(opts.url ?? '');
+  } catch (err) {
+    throw new StoreError(`open store: invalid ClickHouse URL ${redactUrl(opts.url ?? '')}`, { cause: err, exitCode: 2 });
+  }
   return { database, ttlDays, backend: { kind: 'server', url: redactUrl(opts.url ?? '') } };
 }
 
