@@ -116,6 +116,8 @@ export const COLLECTOR_SETTINGS = {
   ...OBSERVABILITY_SETTINGS,
   ...TLS_SETTINGS,
   queryTokenFile: { env: 'NATLENS_QUERY_TOKEN_FILE', default: undefined, parse: optionalStr, help: 'bearer tokens the query API accepts, one per line' },
+  maxBufferedHops: { env: 'NATLENS_MAX_BUFFERED_HOPS', default: 100_000, parse: int(1000, 10_000_000), help: 'hops held while the store is slow or away (about 1.2 KB each); beyond, agents are made to wait (their own queues are bounded)' },
+  clickhouseTimeoutMs: { env: 'NATLENS_CLICKHOUSE_TIMEOUT', default: 30_000, parse: durationMs(100, 600_000), help: 'give up on a ClickHouse server request after this long, then retry with backoff' },
 } satisfies Record<string, Setting<unknown>>;
 
 export const QUERY_SETTINGS = {

@@ -1,10 +1,10 @@
 import { Command, Option } from 'commander';
-import { Collector } from '../collector/collector.js';
+import { Collector, type StoreRetry } from '../collector/collector.js';
 import { PeerRing } from '../collector/peer-ring.js';
 import { ClickHouseStore } from '../collector/store/clickhouse-store.js';
 import { COLLECTOR_SETTINGS, CONFIG_ENV, configFileFor, resolveConfig, settingsHelp, type ConfigOf } from '../config.js';
 import { startTransportServer, type TransportServer } from '../transport/stream-server.js';
-import { UsageError } from '../util/errors.js';
+import { UsageError, describeError } from '../util/errors.js';
 import { ClusterMetadata } from '../k8s/cluster-metadata.js';
 import { ClusterWatch } from '../k8s/cluster-watch.js';
 import { loadKubeConfig } from '../k8s/kube-config.js';
@@ -42,7 +42,9 @@ export function registerCollectorCommand(program: Command): void {
     .option('--kubeconfig <path>', 'watch Kubernetes through this kubeconfig (e.g. the lab\'s: natlens lab api-server)')
     .option('--config <file>', `read settings from this YAML file (env ${CONFIG_ENV}); the environment and flags override it`)
     .option('--metrics-listen <host:port>', 'serve /metrics, /healthz and /readyz here (env NATLENS_METRICS_LISTEN; default: off)')
-    .addOption(new Option('--log-level <level>', 'least severe log lines written to stderr (env NATLENS_LOG_LEVEL; default info)').choices(['debug', 'info', 'warn', 'error']));
+    .addOption(new Option('--log-level <level>', 'least severe log lines written to stderr (env NATLENS_LOG_LEVEL; default info)').choices(['debug', 'info', 'warn', 'error']))
+    .option('--max-buffered-hops <n>', 'hops held while the store is slow or away (default 100000, about 1.2 KB each); beyond, agents wait')
+    .option('--clickhouse-timeout <duration>', 'give up on a ClickHouse server request after this long, then retry (default 30s)');
   addSecurityOptions(cmd, 'collector')
     .addHelpText('after',
       '\nExamples:\n' +
@@ -62,8 +64,9 @@ export function registerCollectorCommand(program: Command): void {
         id: opts.id, peers: opts.peers, holdMs: opts.hold, windowMs: opts.window, retentionMs: opts.retention, flushMs: opts.flushInterval,
         kubernetes: opts.kubernetes as string | boolean | undefined, kubeconfig: opts.kubeconfig,
         metricsListen: opts.metricsListen, logLevel: opts.logLevel,
+        maxBufferedHops: opts.maxBufferedHops, clickhouseTimeoutMs: opts.clickhouseTimeout,
         ...securityFlags(opts),
-      }, process.env, { holdMs: '--hold', windowMs: '--window', retentionMs: '--retention', flushMs: '--flush-interval' }, file);
+      }, process.env, { holdMs: '--hold', windowMs: '--window', retentionMs: '--retention', flushMs: '--flush-interval', clickhouseTimeoutMs: '--clickhouse-timeout' }, file);
       await runCollector(cfg);
     });
 }
@@ -87,7 +90,10 @@ export interface CollectorObservability {
   metrics?: CollectorMetrics;
 }
 
-/** Store + collector + gRPC server from one configuration: `natlens collector` and the demo. */
+/**
+ * Store + collector + gRPC server from one configuration: `natlens collector` and the demo. Does not
+ * wait for the store: the collector serves (not ready) and retries with backoff until it is reached.
+ */
 export async function startCollectorService(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>, observe: CollectorObservability = {}): Promise<CollectorService> {
   const { metrics } = observe;
   const log = observe.log ?? new Logger('collector');
@@ -95,10 +101,15 @@ export async function startCollectorService(cfg: ConfigOf<typeof COLLECTOR_SETTI
   // Before the store opens: a collector without a security choice never listens.
   const security = collectorSecurity(cfg);
   const ring = new PeerRing(cfg.id, PeerRing.parsePeers(cfg.peers));
-  const store = await ClickHouseStore.open({ dataDir: cfg.data, url: cfg.clickhouseUrl, database: cfg.database, ttlDays: cfg.ttlDays });
+  let collector: Collector | undefined;
+  const store = ClickHouseStore.connect(
+    { dataDir: cfg.data, url: cfg.clickhouseUrl, database: cfg.database, ttlDays: cfg.ttlDays, requestTimeoutMs: cfg.clickhouseTimeoutMs },
+    // Reported like failed writes (attempts only fail after the collector exists: they are asynchronous).
+    { onRetry: (r) => collector?.emit('store-retry', { store: r.store, attempt: r.attempt, retryInMs: r.delayMs, error: describeError(r.error), bufferedHops: 0 } satisfies StoreRetry) },
+  );
   metrics?.observeStore(store);
-  const collector = new Collector({
-    ring, store, version: NATLENS_VERSION, flushIntervalMs: cfg.flushMs, maxBufferedHops: 500_000, peerSecurity: security.transport,
+  collector = new Collector({
+    ring, store, version: NATLENS_VERSION, flushIntervalMs: cfg.flushMs, maxBufferedHops: cfg.maxBufferedHops, peerSecurity: security.transport,
     stitcher: { holdMs: cfg.holdMs, windowMs: cfg.windowMs, retentionMs: cfg.retentionMs, maxChains: 2_000_000 },
   });
   metrics?.observeCollector(collector);
@@ -142,6 +153,9 @@ export async function startCollectorService(cfg: ConfigOf<typeof COLLECTOR_SETTI
   };
 }
 
+/** Store failures are logged at most this often (the first at once), with how many were not. */
+const STORE_LOG_INTERVAL_MS = 5000;
+
 export async function runCollector(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): Promise<void> {
   const log = new Logger('collector', { level: cfg.logLevel });
   // The endpoint comes up first: /healthz answers while the store opens (which can take a while), /readyz says why not yet.
@@ -175,6 +189,20 @@ export async function runCollector(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): Pr
   } else {
     log.info('tls', { cert: transport.material.files.cert, expires: transport.material.expires, clientCertificates: queryTokens ? 'requested (queries may use a token instead)' : 'required', queryTokens: queryTokens?.size ?? 0 });
   }
+  let lastStoreLog = 0;
+  let unlogged = 0;
+  collector.on('store-retry', (r: StoreRetry) => {
+    const now = Date.now();
+    if (r.attempt > 1 && now - lastStoreLog < STORE_LOG_INTERVAL_MS) {
+      unlogged++;
+      return;
+    }
+    log.warn('store_unavailable', { ...r, unlogged });
+    lastStoreLog = now;
+    unlogged = 0;
+  });
+  collector.on('store-recovered', (r: Record<string, unknown>) => log.info('store_recovered', r));
+  collector.on('restored', (r: Record<string, unknown>) => log.info('restored', r));
   log.info('listening', { address: cfg.listen, port: server.port, id: cfg.id, store: cfg.data ? { embedded: cfg.data } : { url: redact(cfg.clickhouseUrl!) }, peers: ring.peers.map((p) => p.id) });
   const statsTimer = setInterval(() => log.info('stats', collector.stats()), 10_000);
   statsTimer.unref();
@@ -186,6 +214,13 @@ export async function runCollector(cfg: ConfigOf<typeof COLLECTOR_SETTINGS>): Pr
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
+    // A store that can never be used (bad URL, foreign tables): say so and stop.
+    service.store.whenConnected().catch((err: unknown) => {
+      if (service.store.state !== 'failed') return;
+      log.error('error', { msg: describeError(err) });
+      process.exitCode = 2;
+      stop('store');
+    });
   });
   clearInterval(statsTimer);
   pings?.stop();

@@ -92,6 +92,7 @@ class DemoPipeline {
     // Plain text: everything stays on this machine's loopback, inside one process.
     const cfg = resolveConfig(COLLECTOR_SETTINGS, { listen: '127.0.0.1:0', data: this.dataDir, holdMs: '1s', flushMs: '200ms', kubeconfig: this.api.kubeconfigPath, plaintext: true }, {});
     this.service = await startCollectorService(cfg);
+    await this.service.store.whenConnected();
     this.service.collector.on('warn', (w: string) => out(`  collector: warning: ${w}`));
     this.address = `127.0.0.1:${this.service.server.port}`;
     out(`  collector: listening on ${this.address}, embedded ClickHouse in ${this.dataDir}`);

@@ -8,9 +8,10 @@ import { EventEmitter } from 'node:events';
 import { addrFromKey, addrKey, formatAddr, parseAddr, toAddr16 } from './addr.js';
 import { endpointOf, hopFromEvent } from './hop-from-event.js';
 import type { Addr16, CaptureGapRecord, Hop, LossSample } from './hop.js';
+import { hash64 } from './hop-id.js';
 import { PeerRing, type Peer } from './peer-ring.js';
 import { Stitcher, type StitcherOptions } from './stitcher.js';
-import type { ClickHouseStore, WhoRowData } from './store/clickhouse-store.js';
+import type { ClickHouseStore, StoreState, WhoRowData } from './store/clickhouse-store.js';
 import type { HealthCheckRow, PodHistoryRow, ServiceHistoryRow } from './store/schema.js';
 import { etpReport, mergeEtpPeriods, type ServiceStateRow } from './etp.js';
 import { podTimeline, latestServiceStates, type PodState } from './k8s-history.js';
@@ -20,7 +21,8 @@ import { createCompleteness, createCpuLoss, createEtpResponse, createNodeGap, cr
 import { CollectorStreamClient } from '../transport/stream-client.js';
 import { QueryClient } from '../transport/query-client.js';
 import type { TransportSecurity } from '../transport/tls.js';
-import { NatlensError, quoteInput } from '../util/errors.js';
+import { NatlensError, describeError, quoteInput } from '../util/errors.js';
+import { backoffDelay, type BackoffOptions } from '../util/backoff.js';
 import { parseNamespacedName, parseTarget } from '../query/target.js';
 
 const IPS_SRC_NAT = 0x10;
@@ -38,7 +40,43 @@ export interface CollectorOptions {
   version: string;
   /** How this collector reaches its peers (forwarding, query fan-out): its own certificate, role collector. */
   peerSecurity?: TransportSecurity;
+  /** Delays between store retries after a failure (flushes, restore). Default 250 ms doubling to 5 s, with jitter. */
+  storeBackoff?: BackoffOptions;
+  /** Restore after a restart (see recover()). */
+  restore?: { maxHops?: number; graceMs?: number; dedupeMs?: number };
 }
+
+/** What /readyz reports: ready once the store is reachable, the stitcher restored, and writes succeed. */
+export interface Readiness {
+  ready: boolean;
+  /** The store's connection state; 'failing' when connected but writes fail. */
+  store: StoreState | 'failing';
+  /** Why not ready ('' when ready). */
+  reason: string;
+  /** Failed store attempts in a row. */
+  storeFailures: number;
+  bufferedHops: number;
+  maxBufferedHops: number;
+}
+
+/** One failed store attempt, as logged (rate-limited) by the collector command. */
+export interface StoreRetry {
+  store: string;
+  /** Failed attempts in a row. */
+  attempt: number;
+  retryInMs: number;
+  error: string;
+  bufferedHops: number;
+}
+
+const DEFAULT_STORE_BACKOFF: BackoffOptions = { initialMs: 250, maxMs: 5000 };
+/** Hops restored at most after a restart (the newest). */
+const DEFAULT_RESTORE_MAX_HOPS = 500_000;
+/** Agents reconnect with backoff up to 5 s: restored chains wait that much longer for their hops. */
+const DEFAULT_RESTORE_GRACE_MS = 6000;
+const DEFAULT_RESTORE_DEDUPE_MS = 120_000;
+/** Failed restore attempts (with the store reached) before ingest goes on without it. */
+const RESTORE_ATTEMPTS = 5;
 
 /** An error with the gRPC status a query answer should carry. */
 export class QueryError extends NatlensError {
@@ -187,9 +225,17 @@ export class Collector extends EventEmitter {
   private readonly batchIds = new Map<string, Map<bigint, Promise<void>>>();
   private readonly queryClients = new Map<string, QueryClient>();
   private storeFailures = 0;
-  private lastStoreError = '';
+  /** No store attempt before this (ms): backing off after a failure. */
+  private retryAt = 0;
+  private lastStoreError: Error | null = null;
+  /** Hops taken by the flush in progress: they count against maxBufferedHops until stored. */
+  private flushingHops = 0;
+  /** Resolves once the stitcher holds what was pending before a restart (or the collector closes). */
+  private recovery: Promise<void> = Promise.resolve();
+  private recovered = false;
+  private wakeRecovery: (() => void) | null = null;
   private closed = false;
-  readonly counters = { batches: 0, duplicateBatches: 0, events: 0, forwardedEvents: 0, storedHops: 0, storedConnections: 0, storeErrors: 0 };
+  readonly counters = { batches: 0, duplicateBatches: 0, events: 0, forwardedEvents: 0, storedHops: 0, storedConnections: 0, storeErrors: 0, restoredHops: 0 };
 
   constructor(readonly options: CollectorOptions) {
     super();
@@ -202,6 +248,87 @@ export class Collector extends EventEmitter {
 
   start(): void {
     this.timer = setInterval(() => void this.flush().catch(() => {}), this.options.flushIntervalMs);
+    this.recovery = this.recoverWithRetry();
+  }
+
+  /** For /readyz: see Readiness. */
+  readiness(): Readiness {
+    const { store } = this.options;
+    const base = { storeFailures: this.storeFailures, bufferedHops: this.hops.length + this.flushingHops, maxBufferedHops: this.options.maxBufferedHops };
+    const why = (e: Error | null): string => (e ? `: ${describeError(e)}` : '');
+    if (store.state !== 'ready') return { ...base, ready: false, store: store.state, reason: `store ${store.describe()} is ${store.state}${why(store.lastError)}` };
+    if (this.storeFailures > 0) return { ...base, ready: false, store: 'failing', reason: `store ${store.describe()} fails${why(this.lastStoreError)}` };
+    if (!this.recovered) return { ...base, ready: false, store: 'ready', reason: 'restoring what was pending before the restart' };
+    return { ...base, ready: true, store: 'ready', reason: '' };
+  }
+
+  /** recover(), retried with backoff until it succeeds or the collector closes. */
+  private async recoverWithRetry(): Promise<void> {
+    for (let attempt = 0; !this.closed; attempt++) {
+      try {
+        await this.options.store.whenConnected();
+        await this.recover();
+        this.recovered = true;
+        return;
+      } catch (err) {
+        if (this.closed || this.options.store.state === 'failed') return;
+        // Ingest waits for the restore: never forever. Without it, chains pending before the
+        // restart may be stored unstitched; nothing acknowledged is lost.
+        if (attempt + 1 >= RESTORE_ATTEMPTS) {
+          this.emit('warn', `restore after restart failed ${attempt + 1} times, going on without it (connections pending before the restart may be stored unstitched): ${describeError(err)}`);
+          this.recovered = true;
+          return;
+        }
+        const delay = backoffDelay(attempt, this.options.storeBackoff ?? DEFAULT_STORE_BACKOFF);
+        this.emit('warn', `restore after restart: ${describeError(err)}; retrying in ${delay} ms`);
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, delay);
+          this.wakeRecovery = () => {
+            clearTimeout(t);
+            resolve();
+          };
+        });
+        this.wakeRecovery = null;
+      }
+    }
+  }
+
+  /**
+   * After a restart: the chains the stitcher held when the process ended were lost with it, though
+   * their hops were stored and acknowledged. The hops stored in the last hold + retention + window
+   * before the newest one (plus 2 windows of context) go back into the stitcher, which keeps the ids
+   * of records already stored (Stitcher.restore); agents' resends of them are skipped.
+   */
+  private async recover(): Promise<void> {
+    const { store } = this.options;
+    const st = this.stitcher.options;
+    const r = this.options.restore ?? {};
+    const latest = await store.latestHopNs();
+    if (latest === null) {
+      this.emit('restored', { hops: 0, storedRecords: 0, chains: { chains: 0, stored: 0, pending: 0, contextOnly: 0 } });
+      return;
+    }
+    const ms = 1_000_000n;
+    const fromNs = latest - BigInt(st.holdMs + st.retentionMs + st.windowMs) * ms;
+    let contextNs = fromNs - BigInt(2 * st.windowMs) * ms;
+    const maxHops = r.maxHops ?? DEFAULT_RESTORE_MAX_HOPS;
+    const hops = (await store.recentConnHops(contextNs, maxHops)).reverse();
+    // Cut short by maxHops: chains at the cut may miss hops, so the oldest 2 windows are context.
+    if (hops.length >= maxHops) {
+      contextNs = hops[0]!.tsNs + BigInt(2 * st.windowMs) * ms;
+      this.emit('warn', `restore after restart: only the newest ${maxHops} hops were restored`);
+    }
+    for (const hop of hops) if (hop.reply && hop.ctStatus & IPS_SRC_NAT) this.nodeAddresses.set(addrKey(hop.reply.dst), hop.node);
+    const stored = await store.connectionsByIds(new Set(hops.map((h) => hash64([h.id]))), contextNs - BigInt(2 * st.windowMs) * ms);
+    const chains = this.stitcher.restore(hops, Date.now(), {
+      contextBeforeNs: contextNs > fromNs ? contextNs : fromNs,
+      stored,
+      graceMs: r.graceMs ?? DEFAULT_RESTORE_GRACE_MS,
+      dedupeMs: r.dedupeMs ?? DEFAULT_RESTORE_DEDUPE_MS,
+    });
+    this.counters.restoredHops = hops.length;
+    // chains.pending: connections whose record died with the previous process (now written again).
+    this.emit('restored', { hops: hops.length, storedRecords: stored.size, chains });
   }
 
   // ---- ingest (AgentSink) ----
@@ -277,11 +404,22 @@ export class Collector extends EventEmitter {
       done.push(this.forwarder(peer).send(events));
     }
     if (local.length) done.push(this.ingestLocal(local, hello.node));
+    // Loss counters and health readings alone are acknowledged once stored too: a loss-only batch
+    // acked and then lost in a crash would not be sent again.
+    else if (batch.loss || batch.healthChecks?.length) done.push(new Promise<void>((resolve) => this.waiters.push(resolve)));
     await Promise.all(done);
   }
 
   private async ingestLocal(events: HopEvent[], node: string): Promise<void> {
-    while (this.hops.length >= this.options.maxBufferedHops) await new Promise<void>((r) => this.roomWaiters.push(r));
+    // Restored chains first: resent hops are then recognised as such.
+    if (!this.recovered) await this.recovery;
+    if (!this.recovered) throw new QueryError('collector is shutting down', GRPC_UNAVAILABLE);
+    // Bounded memory while the store is slow or away: accept() waits, the transport stops reading,
+    // HTTP/2 flow control pushes back on the agents, whose queues are bounded in turn.
+    while (this.hops.length + this.flushingHops >= this.options.maxBufferedHops) {
+      if (this.closed) throw new QueryError('collector is shutting down', GRPC_UNAVAILABLE);
+      await new Promise<void>((r) => this.roomWaiters.push(r));
+    }
     const now = Date.now();
     for (const ev of events) {
       const hop = hopFromEvent(ev, node);
@@ -351,6 +489,10 @@ export class Collector extends EventEmitter {
   }
 
   private async doFlush(): Promise<void> {
+    // Backing off after a failure (closing tries once more regardless); a store still connecting
+    // reports its own retries.
+    if (Date.now() < this.retryAt && !this.closed) return;
+    if (this.options.store.state === 'connecting') return;
     const hops = this.hops;
     const waiters = this.waiters;
     this.hops = [];
@@ -369,13 +511,18 @@ export class Collector extends EventEmitter {
     this.serviceHistory = [];
     this.podHistory = [];
     const { store } = this.options;
+    this.flushingHops = hops.length;
     try {
-      // Everything a batch carried is stored before it is acknowledged.
+      // Everything a batch carried is stored before it is acknowledged: its hops, health readings
+      // and the loss counters it reported (so that a crash after the ack cannot lose them).
       if (hops.length) await store.insertHops(hops);
       this.counters.storedHops += hops.length;
       await store.insertHealthChecks(health);
+      if (loss.length) await store.insertLoss(loss);
+      await store.insertCaptureGaps(gaps);
     } catch (err) {
-      // Keep everything and retry on the next tick; agents hold their unacked batches meanwhile.
+      this.flushingHops = 0;
+      // Keep everything and retry after a backoff; agents hold their unacked batches meanwhile.
       this.hops = hops.concat(this.hops);
       this.health = health.concat(this.health);
       this.waiters = waiters.concat(this.waiters);
@@ -387,20 +534,17 @@ export class Collector extends EventEmitter {
       this.storeFailed(err as Error);
       return;
     }
+    this.flushingHops = 0;
     for (const w of waiters) w();
     this.wakeRoom();
     try {
       if (connections.length) await store.insertConnections(connections);
       this.counters.storedConnections += connections.length;
-      if (loss.length) await store.insertLoss(loss);
-      await store.insertCaptureGaps(gaps);
       await store.insertServiceHistory(services);
       await store.insertPodHistory(pods);
-      this.storeFailures = 0;
+      this.storeRecovered();
     } catch (err) {
       this.pendingConnections = connections.concat(this.pendingConnections);
-      this.keepLoss(loss);
-      this.gaps = gaps.concat(this.gaps);
       this.serviceHistory = services.concat(this.serviceHistory);
       this.podHistory = pods.concat(this.podHistory);
       this.storeFailed(err as Error);
@@ -412,10 +556,24 @@ export class Collector extends EventEmitter {
     for (const s of samples) if (!this.loss.has(s.agentId)) this.loss.set(s.agentId, s);
   }
 
+  /** Backs off (exponentially, with jitter) and reports the failure ('store-retry'). */
   private storeFailed(err: Error): void {
     this.counters.storeErrors++;
-    this.lastStoreError = err.message;
-    if (this.storeFailures++ % 20 === 0) this.emit('warn', `store: ${err.message}; retrying`);
+    const retryInMs = backoffDelay(this.storeFailures++, this.options.storeBackoff ?? DEFAULT_STORE_BACKOFF);
+    this.retryAt = Date.now() + retryInMs;
+    this.lastStoreError = err;
+    const retry: StoreRetry = {
+      store: this.options.store.describe(), attempt: this.storeFailures, retryInMs, error: describeError(err), bufferedHops: this.hops.length,
+    };
+    this.emit('store-retry', retry);
+  }
+
+  private storeRecovered(): void {
+    if (this.storeFailures === 0) return;
+    this.emit('store-recovered', { store: this.options.store.describe(), failures: this.storeFailures });
+    this.storeFailures = 0;
+    this.retryAt = 0;
+    this.lastStoreError = null;
   }
 
   private wakeRoom(): void {
@@ -610,22 +768,24 @@ export class Collector extends EventEmitter {
 
   // ---- lifecycle ----
 
-  /** Why this collector cannot take batches now (empty: it can): shutting down, or its last store attempt failed. */
-  readiness(): string[] {
-    const unmet: string[] = [];
-    if (this.closed) unmet.push('shutting down');
-    if (this.storeFailures > 0) unmet.push(`store failing (${this.storeFailures} attempts in a row): ${this.lastStoreError}`);
-    return unmet;
+  /** Why this collector cannot take batches now, for /readyz (empty: it can). */
+  unmetConditions(): string[] {
+    if (this.closed) return ['shutting down'];
+    const r = this.readiness();
+    return r.ready ? [] : [r.reason];
   }
 
   stats() {
-    return { ...this.counters, bufferedHops: this.hops.length, stitcher: this.stitcher.stats() };
+    const r = this.readiness();
+    return { ...this.counters, bufferedHops: r.bufferedHops, store: r.store, ready: r.ready, stitcher: this.stitcher.stats() };
   }
 
   /** Stops taking batches, stitches and stores everything held, closes peers. */
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.timer);
+    this.wakeRecovery?.();
+    this.wakeRoom(); // batches waiting for room end unacknowledged: agents resend them
     await this.flush();
     this.pendingConnections.push(...this.stitcher.flush(Date.now()));
     await this.flush();

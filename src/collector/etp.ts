@@ -196,15 +196,18 @@ export async function etpReport(store: ClickHouseStore, q: EtpQuery): Promise<Et
     SELECT ${slot('ts', 'pbounds')} AS period, toString(uniqExact(client)) AS clients, toString(uniqExact(seen_as)) AS seen_as
     FROM (${dedupedConnections})
     GROUP BY period`;
+  // A hop resent after a collector restart is stored twice until a merge: count hop ids.
   const dropQuery = `
-    SELECT ${slot('ts', 'pbounds')} AS period, node, toString(count()) AS n
+    SELECT ${slot('ts', 'pbounds')} AS period, node, toString(uniqExact(hop_id)) AS n
     FROM ${hops}
     WHERE kind = 'drop' AND ts >= ${since} AND ${isFrontend('orig_dst', 'orig_dport')}
     GROUP BY period, node`;
+  // Readings ride in agents' batches: a batch resent after a collector restart repeats them.
   const healthQuery = `
     SELECT ${slot('ts', 'pbounds')} AS period, node, toString(toUnixTimestamp64Nano(ts)) AS ts_ns, status_code, local_endpoints
     FROM ${health}
     WHERE namespace = {ns:String} AND service = {name:String} AND ts >= ${since}
+    GROUP BY node, ts, status_code, local_endpoints
     ORDER BY node, ts
     LIMIT 200000`;
   interface ConnRaw { row: number; endpoint_text: string; ingress_node: string; endpoint_node: string; snat: boolean | number; n: string }

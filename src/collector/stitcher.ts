@@ -9,7 +9,8 @@
  * after `holdMs` without news, as 'unstitched' with what is known and nothing guessed. Unstitched
  * chains stay linkable for `retentionMs`: a late hop updates the record (same connId, higher
  * version) and a chain absorbed into another is re-emitted as 'superseded'. Complete chains are
- * forgotten once emitted: nothing can join them.
+ * forgotten once emitted: nothing can join them. After a collector restart, restore() takes back
+ * the stored hops of the last moments, so that chains pending in the killed process are not lost.
  */
 import { addrEqual, tupleKey } from './addr.js';
 import { hash64 } from './hop-id.js';
@@ -28,6 +29,28 @@ export interface StitcherOptions {
   retentionMs: number;
   /** Bound on chains kept in memory (pending + retained); the oldest retained go first. */
   maxChains: number;
+}
+
+/**
+ * What restore() needs besides the hops: see Stitcher.restore.
+ */
+export interface RestoreOptions {
+  /** Restored hops older than this (ns) are context only: chains made of them alone are not emitted again. */
+  contextBeforeNs: bigint;
+  /** The stored record (highest version) of every conn_id that is hash64([hop.id]) of a restored hop. */
+  stored: ReadonlyMap<bigint, ConnectionRecord>;
+  /** Restored chains wait this long more than holdMs: agents reconnect, re-announce their nodes and resend meanwhile. */
+  graceMs: number;
+  /** Resent copies of restored hops are recognised (and skipped) this long. */
+  dedupeMs: number;
+}
+
+/** What restore() found: chains rebuilt, of which already stored, never stored (pending again), context only. */
+export interface RestoreResult {
+  chains: number;
+  stored: number;
+  pending: number;
+  contextOnly: number;
 }
 
 export const DEFAULT_STITCHER_OPTIONS: StitcherOptions = { holdMs: 2000, windowMs: 5000, retentionMs: 15_000, maxChains: 1_000_000 };
@@ -82,7 +105,10 @@ export class Stitcher {
   private retained: Chain[] = [];
   private retainedHead = 0;
   private readonly out: ConnectionRecord[] = [];
-  readonly counters = { hops: 0, duplicates: 0, links: 0, ambiguous: 0, emitted: 0, reemitted: 0, evicted: 0, complete: 0, unstitched: 0, superseded: 0 };
+  /** Ids of hops restored after a restart, until `restoredUntil` (ms): their resent copies are duplicates. */
+  private restoredIds: Set<bigint> | null = null;
+  private restoredUntil = 0;
+  readonly counters = { hops: 0, duplicates: 0, links: 0, ambiguous: 0, emitted: 0, reemitted: 0, evicted: 0, restored: 0, complete: 0, unstitched: 0, superseded: 0 };
 
   constructor(
     private readonly nodeOf: NodeAddressBook,
@@ -91,13 +117,18 @@ export class Stitcher {
 
   /** Takes one hop (only 'conn' hops take part in stitching). `nowMs` is arrival time. */
   ingest(hop: Hop, nowMs: number): void {
-    if (hop.kind !== 'conn' || !hop.reply) return;
+    this.add(hop, nowMs);
+  }
+
+  /** ingest(), returning the hop's link (null: not stitched, or a duplicate). */
+  private add(hop: Hop, nowMs: number): Link | null {
+    if (hop.kind !== 'conn' || !hop.reply) return null;
     const inKey = tupleKey(hop.proto, hop.orig);
-    // A resent copy of a hop still indexed (its chain pending or unstitched). Resends of batches
-    // already stored are skipped before they get here (EventBatch.batch_id).
-    if (this.byIn.get(inKey)?.some((l) => l.hop.id === hop.id)) {
+    // A resent copy of a hop still indexed (its chain pending or unstitched), or restored after a
+    // restart. Resends of batches already stored are skipped before they get here (EventBatch.batch_id).
+    if (this.byIn.get(inKey)?.some((l) => l.hop.id === hop.id) || (this.restoredIds?.has(hop.id) && nowMs <= this.restoredUntil)) {
       this.counters.duplicates++;
-      return;
+      return null;
     }
     this.counters.hops++;
     const link: Link = {
@@ -119,6 +150,81 @@ export class Stitcher {
     push(this.byOut, link.outKey, link);
     if (prev) this.join(prev, link, nowMs);
     if (next) this.join(link, next, nowMs);
+    return link;
+  }
+
+  /**
+   * After a collector restart: takes back the stored hops of the last moments before it stopped
+   * (chains pending then were lost with the process, though their hops were stored and acked).
+   * Each chain they form keeps the identity of a record already stored for it (any conn_id is
+   * hash64 of one of its hops' ids), so what is written again collapses by conn_id instead of
+   * counting a connection twice. A chain is written again only when it is now more complete than
+   * its stored record; one never stored waits for its missing hops (hold + grace) as usual; one made
+   * only of context hops (older than contextBeforeNs: its record may name a hop not restored) is
+   * not written. Resent copies of restored hops are skipped for dedupeMs.
+   */
+  restore(hops: readonly Hop[], nowMs: number, o: RestoreOptions): RestoreResult {
+    const at = nowMs + o.graceMs;
+    const links: Link[] = [];
+    for (const h of hops) {
+      const l = this.add(h, at);
+      if (l) links.push(l);
+    }
+    this.counters.restored += links.length;
+    this.restoredIds = new Set(hops.map((h) => h.id));
+    this.restoredUntil = nowMs + o.dedupeMs;
+    const chains = new Set<Chain>();
+    for (const l of links) if (!l.chain.dead) chains.add(l.chain);
+    const result: RestoreResult = { chains: chains.size, stored: 0, pending: 0, contextOnly: 0 };
+    for (const chain of chains) {
+      const how = this.adopt(chain, nowMs, o);
+      if (how === 'stored') result.stored++;
+      else if (how === 'pending') result.pending++;
+      else result.contextOnly++;
+    }
+    return result;
+  }
+
+  /** Gives a restored chain the identity of its stored record(s); see restore(). */
+  private adopt(chain: Chain, nowMs: number, o: RestoreOptions): 'stored' | 'pending' | 'context' {
+    const stored: ConnectionRecord[] = [];
+    let context = true;
+    for (let l: Link | null = chain.head; l; l = l.next) {
+      const rec = o.stored.get(hash64([l.hop.id]));
+      if (rec) stored.push(rec);
+      if (l.hop.tsNs >= o.contextBeforeNs) context = false;
+    }
+    if (stored.length === 0 && !context) return 'pending'; // never stored: pending, as any new chain
+    // Stored under an id it keeps (the highest version, then the lowest id: the same choice every time).
+    const live = stored.filter((r) => r.status !== 'superseded').sort((a, b) => b.version - a.version || (a.connId < b.connId ? -1 : 1));
+    const kept = live[0];
+    this.pending.delete(chain);
+    chain.emittedAt = nowMs;
+    if (kept) {
+      chain.connId = kept.connId;
+      chain.version = kept.version & 0xffff;
+      chain.emitted = kept;
+      // Records of parts now joined in this chain (a crash came between the join and its write).
+      for (const r of live.slice(1)) {
+        this.out.push({ ...r, version: recordVersion('superseded', 0, (r.version & 0xffff) + 1), status: 'superseded' });
+        this.counters.reemitted++;
+      }
+      const now = this.toRecord(chain);
+      const rank = (r: ConnectionRecord): number => (STATUS_RANK[r.status] << 8) | Math.min(r.hopNodes.length, 255);
+      if (rank(now) > rank(kept)) {
+        if (now.status !== 'complete') this.retained.push(chain);
+        this.emit(chain, nowMs);
+        return 'stored';
+      }
+    }
+    // Stored as it is (or only as context): nothing to write; keep it linkable unless complete.
+    if (kept?.status === 'complete' || (!kept && this.isComplete(chain))) {
+      this.unindex(chain);
+      chain.dead = true;
+    } else {
+      this.retained.push(chain);
+    }
+    return stored.length ? 'stored' : 'context';
   }
 
   /** Emits what is ready; call periodically. Returns records to store (new, updated, superseded). */
@@ -131,6 +237,7 @@ export class Stitcher {
       if (this.isComplete(chain) || nowMs - chain.changedAt >= this.options.holdMs) this.emit(chain, nowMs);
     }
     this.expire(nowMs);
+    if (this.restoredIds && nowMs > this.restoredUntil) this.restoredIds = null;
     return this.out.splice(0, this.out.length);
   }
 

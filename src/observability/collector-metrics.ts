@@ -153,7 +153,7 @@ export class CollectorMetrics {
     interval.unref();
     void ping();
     readiness.set('store', () => {
-      const unmet = collector.readiness();
+      const unmet = collector.unmetConditions();
       if (!this.storeState.ok && unmet.length === 0) unmet.push(`store ${this.storeState.error}`);
       return unmet.length ? unmet.join('; ') : null;
     });

@@ -225,6 +225,15 @@ export class CollectorStreamClient extends EventEmitter {
     this.pushed++;
     if (this.open.length + this.pendingEvents + this.inflightEvents >= this.opts.maxQueuedEvents) {
       this.counters.overflow++;
+      // The batches that will carry this count may all be written already (each carries the counts
+      // of when it was written): a loss-only batch will, if nothing else goes first (see flush()).
+      if (this.flushTimer === undefined) {
+        this.flushTimer = setTimeout(() => {
+          this.flushTimer = undefined;
+          this.flush();
+        }, this.opts.flushIntervalMs);
+        this.flushTimer.unref();
+      }
       return;
     }
     try {

@@ -10,8 +10,8 @@ import { join } from 'node:path';
 import { createClient, type ClickHouseClientConfigOptions } from '@clickhouse/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Addr16, ConnectionRecord, Hop, LossSample } from '../../src/collector/hop.js';
-import { ClickHouseStore, StoreError, type WhoRowData } from '../../src/collector/store/clickhouse-store.js';
-import { ALL_TABLES } from '../../src/collector/store/schema.js';
+import { ClickHouseStore, StoreError, StoreSchemaError, StoreUnavailableError, type WhoRowData } from '../../src/collector/store/clickhouse-store.js';
+import { ALL_TABLES, type ServiceHistoryRow } from '../../src/collector/store/schema.js';
 
 const REPO = join(import.meta.dirname, '..', '..');
 const NS_PER_MIN = 60_000_000_000n;
@@ -365,6 +365,137 @@ describe('ClickHouseStore (embedded chdb)', () => {
     await expect(store.who({ endpoint: pod, sinceNs: ago(60) })).rejects.toThrow(/store is closed/);
     store = await ClickHouseStore.open({ dataDir: dir });
     expect((await store.who({ endpoint: pod, sinceNs: ago(60) })).rows[0]?.connections).toBe(1000);
+  });
+});
+
+describe('ClickHouseStore (what a restarted collector reads, and readers before merges)', () => {
+  const dir = join(root, 'restart');
+  let store: ClickHouseStore;
+  beforeAll(async () => {
+    store = await ClickHouseStore.open({ dataDir: dir });
+  });
+  afterAll(async () => {
+    await store?.close();
+  });
+  const SEC = 1_000_000_000n;
+  const base = { kind: 'conn' as const, proto: 'tcp' as const, ctStatus: 0x1b0, ifname: 'eth0', packetsOrig: 3, bytesOrig: 180, packetsReply: 2, bytesReply: 2 ** 40, proxyVersion: 0 };
+
+  it('reads back recent conn hops and stored records exactly as written, each once, newest hop first', async () => {
+    const h1: Hop = {
+      ...base, id: 2n ** 64n - 3n, node: 'node-2', family: 4, tsNs: NOW - 20n * SEC, isn: 4_000_000_000, deliveredLocal: false,
+      orig: { src: v4('198.51.100.79'), sport: 40000, dst: NODE1_IP, dport: 30080 },
+      reply: { src: v4('10.180.9.9'), sport: 8080, dst: NODE1_IP, dport: 61000 },
+    };
+    const h2: Hop = {
+      ...base, id: 12n, node: 'node-1', family: 6, tsNs: NOW - 10n * SEC, isn: null, deliveredLocal: true,
+      orig: { src: v6('2001:db8:0:0:0:0:0:a'), sport: 5353, dst: v6('fd00:0:0:0:0:0:1:7'), dport: 53 },
+      reply: { src: v6('fd00:0:0:0:0:0:1:7'), sport: 53, dst: v6('2001:db8:0:0:0:0:0:a'), dport: 5353 },
+    };
+    const old: Hop = { ...h2, id: 13n, tsNs: NOW - 120n * SEC };
+    const drop: Hop = { ...h1, id: 14n, kind: 'drop', reply: null, tsNs: NOW - 15n * SEC };
+    // h1 twice, as after a resend: not merged yet.
+    await store.insertHops([h1, old, drop]);
+    await store.insertHops([h1, h2]);
+    expect(await store.latestHopNs()).toBe(h2.tsNs);
+    expect(await store.recentConnHops(NOW - 60n * SEC, 100)).toEqual([h2, h1]);
+    expect(await store.recentConnHops(NOW - 60n * SEC, 1)).toEqual([h2]);
+
+    const a = conn({ connId: 2n ** 63n + 9n, version: 0x01010001, tsNs: NOW - 20n * SEC, lastTsNs: NOW - 20n * SEC, client: null, isn: null, status: 'unstitched', hopNodes: ['node-1'], endpointNode: '' });
+    const a2 = { ...a, version: 0x02020002, status: 'complete' as const, client: v4('198.51.100.79'), hopNodes: ['node-2', 'node-1'], endpointNode: 'node-1' };
+    const b = conn({ connId: 77n, tsNs: NOW - 10n * SEC, lastTsNs: NOW - 9n * SEC, family: 6, client: v6('2001:db8:0:0:0:0:0:a'), seenAs: v6('fd00:0:0:0:0:0:0:1') });
+    await store.insertConnections([a, b]);
+    await store.insertConnections([a2, b]);
+    const byId = await store.connectionsByIds(new Set([a.connId, b.connId, 999n]), NOW - 60n * SEC);
+    expect([...byId.keys()].sort()).toEqual([77n, a.connId]);
+    expect(byId.get(a.connId)).toEqual(a2);
+    expect(byId.get(77n)).toEqual(b);
+  });
+
+  it('counts a resent hop, record, health reading or loss sample once, before any merge', async () => {
+    const pod = v4('10.180.8.8');
+    const nodeIp = '10.240.0.9';
+    const svc: ServiceHistoryRow = {
+      tsNs: NOW - 30n * SEC, namespace: 'default', name: 'resent', type: 'NodePort', externalTrafficPolicy: 'Cluster', internalTrafficPolicy: 'Cluster',
+      healthCheckNodePort: 0, clusterIps: [v4('10.0.9.9')], nodePorts: [30099],
+      ports: JSON.stringify([{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 30099 }]),
+      loadBalancerIngress: '[]', endpoints: JSON.stringify([{ pod: 'default/resent-1', node: 'node-1', addresses: ['10.180.8.8'], ready: true, serving: true, terminating: false }]), deleted: false,
+    };
+    await store.insertServiceHistory([svc]);
+    const dropHop: Hop = {
+      ...base, id: 21n, kind: 'drop', node: 'node-9', family: 4, tsNs: NOW - 5n * SEC, isn: null, deliveredLocal: false,
+      orig: { src: v4('198.51.100.80'), sport: 1234, dst: v4(nodeIp), dport: 30099 }, reply: null,
+    };
+    const record = conn({ connId: 4242n, endpoint: pod, service: v4(nodeIp), servicePort: 30099, tsNs: NOW - 5n * SEC, lastTsNs: NOW - 5n * SEC });
+    const reading = { tsNs: NOW - 4n * SEC, node: 'node-9', namespace: 'default', service: 'resent', port: 32000, statusCode: 200, localEndpoints: 1, error: '' };
+    const sample: LossSample = { tsNs: NOW - 4n * SEC, node: 'node-9', agentId: 'resent-agent', lost: { queue_overflow: 5 }, captured: 100 };
+    // Everything twice, as a batch resent to a restarted collector would store it.
+    for (let i = 0; i < 2; i++) {
+      await store.insertHops([dropHop]);
+      await store.insertConnections([record]);
+      await store.insertHealthChecks([reading]);
+      await store.insertLoss([sample]);
+    }
+    const who = await store.who({ endpoint: pod, sinceNs: NOW - 60n * SEC });
+    expect(who.rows.map((r) => r.connections)).toEqual([1]);
+    const { etpReport } = await import('../../src/collector/etp.js');
+    const report = await etpReport(store, { namespace: 'default', name: 'resent', sinceNs: NOW - 60n * SEC, nowNs: NOW, nodeAddresses: new Map([['node-9', [nodeIp]]]) });
+    const period = report.periods.at(-1)!;
+    expect(period.connections).toBe(1n);
+    expect(period.dropped).toBe(1n);
+    expect(period.perNode.find((n) => n.node === 'node-9')?.healthCheck?.answers).toEqual({ 200: 1n });
+    const loss = await store.lossSince(NOW - 60n * SEC);
+    expect(loss.byStage.queue_overflow).toBe(5);
+  });
+});
+
+describe('ClickHouseStore.connect (in the background, with backoff)', () => {
+  it('retries an unreachable server with growing delays, fails operations as unavailable meanwhile, stops on close', async () => {
+    const port = await freePort();
+    const retries: Array<{ attempt: number; delayMs: number; store: string; error: Error }> = [];
+    const store = ClickHouseStore.connect(
+      { url: `http://natlens:s3cret@127.0.0.1:${port}`, requestTimeoutMs: 500 },
+      { backoff: { initialMs: 20, maxMs: 160 }, onRetry: (r) => retries.push(r) },
+    );
+    expect(store.state).toBe('connecting');
+    await new Promise((r) => setTimeout(r, 1200));
+    expect(store.state).toBe('connecting');
+    expect(retries.length).toBeGreaterThanOrEqual(4);
+    expect(retries.map((r) => r.attempt)).toEqual(retries.map((_, i) => i + 1));
+    // Jittered within [d/2, d] of d = 20, 40, 80, 160, 160, ...
+    retries.forEach((r, i) => {
+      const d = Math.min(160, 20 * 2 ** i);
+      expect(r.delayMs).toBeGreaterThanOrEqual(d / 2);
+      expect(r.delayMs).toBeLessThanOrEqual(d);
+    });
+    expect(retries[0]!.store).toBe(`ClickHouse at http://natlens:***@127.0.0.1:${port}/`);
+    expect(String(retries[0]!.error.cause)).toMatch(/ECONNREFUSED/);
+    const err = await store.lossSince(0n).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(StoreUnavailableError);
+    expect((err as StoreUnavailableError).grpcCode).toBe(14);
+    expect((err as Error).message).not.toContain('s3cret');
+    await store.close();
+    expect(store.state).toBe('closed');
+    const n = retries.length;
+    await new Promise((r) => setTimeout(r, 400));
+    expect(retries.length).toBe(n);
+    await expect(store.whenConnected()).rejects.toBeInstanceOf(StoreError);
+  });
+
+  it('fails for good, without retrying, on a configuration problem', async () => {
+    // Bad options: at once.
+    for (const opts of [{ url: 'not a url' }, { dataDir: join(root, 'x'), ttlDays: 0 }]) {
+      expect(() => ClickHouseStore.connect(opts), JSON.stringify(opts)).toThrow(expect.objectContaining({ exitCode: 2 }));
+    }
+    // Tables of another schema: found once connected, not retried.
+    const dir = join(root, 'foreign-schema');
+    await raw(dir, 'CREATE DATABASE IF NOT EXISTS natlens');
+    await raw(dir, 'CREATE TABLE natlens.hops (hop_id UInt64) ENGINE = MergeTree ORDER BY hop_id');
+    const retries: unknown[] = [];
+    const store = ClickHouseStore.connect({ dataDir: dir }, { onRetry: (r) => retries.push(r) });
+    await expect(store.whenConnected()).rejects.toBeInstanceOf(StoreSchemaError);
+    expect(store.state).toBe('failed');
+    expect(retries).toEqual([]);
+    await store.close();
   });
 });
 

@@ -176,6 +176,30 @@ describe('transport: agent stream', () => {
     expect(last.captured).toBe(999n);
   });
 
+  it('(c) an overflow after every queued batch was written is still reported, by a loss-only batch, without flush()', async () => {
+    // The sink holds every batch until released (a store that is away): the client's whole queue
+    // is written before the overflow starts, so no queued batch can carry its count.
+    let release!: () => void;
+    const held = new Promise<void>((r) => { release = r; });
+    const sink = new RecordingSink();
+    const accept = sink.accept.bind(sink);
+    sink.accept = async (stream, batch) => {
+      await held;
+      return accept(stream, batch);
+    };
+    const srv = await server({ agentSink: sink });
+    const c = client(srv.port, { maxQueuedEvents: 200, maxBatchEvents: 50, flushIntervalMs: 10 });
+    await new Promise<void>((r) => c.once('connected', () => r()));
+    for (let k = 0; k < 200; k++) c.push(event(k));
+    await waitFor(() => c.stats().inflightEvents === 200, 5000, 'the queue written');
+    for (let k = 200; k < 260; k++) c.push(event(k));
+    expect(c.stats().overflowEvents).toBe(60);
+    await sleep(50);
+    release();
+    await waitFor(() => sink.losses.some((l) => l.lost.queue_overflow === 60n), 5000, 'the overflow reported');
+    expect(sink.seen.size).toBe(200);
+  });
+
   it('backpressure: the server stops reading at maxInflightBatchesPerStream, the client at maxInflightBatches', async () => {
     let concurrent = 0;
     let maxConcurrent = 0;

@@ -9,9 +9,10 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { ClickHouseLogLevel, createClient, type ClickHouseClient, type ClickHouseClientConfigOptions } from '@clickhouse/client';
-import type { Addr16, CaptureGapRecord, ConnectionRecord, Hop, LossSample } from '../hop.js';
+import type { Addr16, CaptureGapRecord, ConnectionRecord, Hop, HopKind, LossSample, Proto, StitchStatus } from '../hop.js';
 import { formatIPv6 } from '../../probe/ip-format.js';
-import { NatlensError } from '../../util/errors.js';
+import { backoffDelay, type BackoffOptions } from '../../util/backoff.js';
+import { NatlensError, describeError } from '../../util/errors.js';
 import { RowBinaryWriter } from './row-binary.js';
 import {
   agentLossPerCpuTable,
@@ -41,6 +42,27 @@ import {
 
 /** A storage operation failed: the message names the operation and table, `cause` has the engine's error. */
 export class StoreError extends NatlensError {}
+
+/** The store is not reachable yet (or any more): the operation may succeed later. */
+export class StoreUnavailableError extends StoreError {
+  /** Queries answer UNAVAILABLE (see stream-server.ts): ask again later. */
+  readonly grpcCode = 14;
+}
+
+/** The store holds tables this version cannot use: retrying will not help (exit code 2). */
+export class StoreSchemaError extends StoreError {}
+
+/** connecting: not reached yet (retrying); ready; failed: a configuration problem, no retry; closed. */
+export type StoreState = 'connecting' | 'ready' | 'failed' | 'closed';
+
+export interface ConnectOptions {
+  /** Delays between attempts. Default 250 ms doubling to 5 s, with jitter. */
+  backoff?: BackoffOptions;
+  /** An attempt failed; the next one comes after delayMs. `store` names the store (no password). */
+  onRetry?(info: { store: string; attempt: number; delayMs: number; error: Error }): void;
+}
+
+export const DEFAULT_STORE_BACKOFF: BackoffOptions = { initialMs: 250, maxMs: 5000 };
 
 export interface StoreOptions {
   /** Embedded mode: chdb on this directory (created if missing). Exactly one of dataDir and url. */
@@ -165,43 +187,110 @@ export class ClickHouseStore {
   readonly database: string;
   /** Rows older than this many days are dropped at insert (and by merges later). */
   ttlDays = DEFAULT_TTL_DAYS;
-  readonly #client: ClickHouseClient;
+  /** Set once connected (and the schema checked); null before. */
+  #client: ClickHouseClient | null = null;
   readonly #backend: Backend;
   readonly #writers: RowBinaryWriter[] = [];
   readonly #inflight = new Set<Promise<unknown>>();
+  #state: StoreState = 'connecting';
+  #lastError: Error | null = null;
+  #connected: Promise<void> = Promise.resolve();
+  #wakeRetry: (() => void) | null = null;
   #closed = false;
   #fileSeq = 0;
   /** Told of every insert that ran: table, seconds taken, whether it failed (the collector's metrics). */
   onInsert: ((table: string, seconds: number, failed: boolean) => void) | undefined;
 
-  private constructor(client: ClickHouseClient, backend: Backend, database: string) {
-    this.#client = client;
+  private constructor(backend: Backend, database: string) {
     this.#backend = backend;
     this.database = database;
   }
 
+  /** Opens the store, or fails at once (unreachable, directory locked, bad options). */
   static async open(opts: StoreOptions): Promise<ClickHouseStore> {
-    const database = opts.database ?? DEFAULT_DATABASE;
-    const ttlDays = opts.ttlDays ?? DEFAULT_TTL_DAYS;
-    if ((opts.dataDir === undefined) === (opts.url === undefined)) {
-      throw new StoreError('open store: give exactly one of dataDir (embedded chdb) or url (ClickHouse server)', { exitCode: 2 });
-    }
-    if (!isValidDatabaseName(database)) {
-      throw new StoreError(`open store: invalid database name ${JSON.stringify(database)} (letters, digits and _ only)`, { exitCode: 2 });
-    }
-    if (!Number.isInteger(ttlDays) || ttlDays < 1 || ttlDays > 36500) {
-      throw new StoreError(`open store: ttlDays must be a whole number of days >= 1, got ${ttlDays}`, { exitCode: 2 });
-    }
-    const { client, backend } = opts.dataDir !== undefined ? await openEmbedded(opts.dataDir) : await openServer(opts.url ?? '', opts.requestTimeoutMs);
-    const store = new ClickHouseStore(client, backend, database);
+    const { database, ttlDays, backend } = checkOptions(opts);
+    const { client } = opts.dataDir !== undefined ? await openEmbedded(opts.dataDir) : await openServer(opts.url ?? '', opts.requestTimeoutMs);
+    const store = new ClickHouseStore(backend, database);
+    store.#client = client;
     store.ttlDays = ttlDays;
     try {
       await store.#ensureSchema(ttlDays);
     } catch (err) {
-      await store.#client.close().catch(() => undefined);
+      await client.close().catch(() => undefined);
       throw err;
     }
+    store.#state = 'ready';
     return store;
+  }
+
+  /**
+   * Returns at once and connects in the background, retrying with backoff (and jitter) until it
+   * succeeds, the store is closed, or the problem is one of configuration (bad URL, foreign schema:
+   * state 'failed'). Operations before that fail with StoreUnavailableError. Bad options throw here.
+   */
+  static connect(opts: StoreOptions, co: ConnectOptions = {}): ClickHouseStore {
+    const { database, ttlDays, backend } = checkOptions(opts);
+    const store = new ClickHouseStore(backend, database);
+    store.ttlDays = ttlDays;
+    store.#connected = store.#connectLoop(opts, ttlDays, co);
+    store.#connected.catch(() => undefined); // reported through whenConnected() and state
+    return store;
+  }
+
+  /** Resolves once usable; rejects when the store fails for good or is closed first. */
+  whenConnected(): Promise<void> {
+    return this.#connected;
+  }
+
+  get state(): StoreState {
+    return this.#state;
+  }
+
+  /** The last error of connecting or of an operation (null once an operation succeeds again). */
+  get lastError(): Error | null {
+    return this.#lastError;
+  }
+
+  /** Which store this is, for messages: the data directory, or the URL without its password. */
+  describe(): string {
+    return this.#describeBackend();
+  }
+
+  async #connectLoop(opts: StoreOptions, ttlDays: number, co: ConnectOptions): Promise<void> {
+    const backoff = co.backoff ?? DEFAULT_STORE_BACKOFF;
+    for (let attempt = 0; ; attempt++) {
+      if (this.#closed) throw new StoreUnavailableError(`${this.#describeBackend()}: closed before it could be reached`);
+      let client: ClickHouseClient | null = null;
+      try {
+        ({ client } = opts.dataDir !== undefined ? await openEmbedded(opts.dataDir) : await openServer(opts.url ?? '', opts.requestTimeoutMs));
+        if (this.#closed) throw new StoreUnavailableError(`${this.#describeBackend()}: closed before it could be reached`);
+        this.#client = client;
+        await this.#ensureSchema(ttlDays);
+        this.#state = 'ready';
+        this.#lastError = null;
+        return;
+      } catch (err) {
+        this.#client = null;
+        await client?.close().catch(() => undefined);
+        const e = err instanceof Error ? err : new StoreError(describeError(err));
+        this.#lastError = e;
+        if (this.#closed) throw e;
+        if (e instanceof StoreSchemaError || (e instanceof NatlensError && e.exitCode === 2)) {
+          this.#state = 'failed';
+          throw e;
+        }
+        const delayMs = backoffDelay(attempt, backoff);
+        co.onRetry?.({ store: this.#describeBackend(), attempt: attempt + 1, delayMs, error: e });
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, delayMs);
+          this.#wakeRetry = () => {
+            clearTimeout(t);
+            resolve();
+          };
+        });
+        this.#wakeRetry = null;
+      }
+    }
   }
 
   async insertHops(hops: Hop[]): Promise<void> {
@@ -442,13 +531,67 @@ export class ClickHouseStore {
     await this.#track('ping', () => this.#command('ping', 'SELECT 1'));
   }
 
+  // --- recovery reads: what a restarted collector takes back (see Collector.recover) ------------
+
+  /**
+   * The capture time (ns) of the newest hop of the last two days, ignoring clocks more than 10 s
+   * ahead of this one; null when there is none.
+   */
+  async latestHopNs(): Promise<bigint | null> {
+    const table = qualified(this.database, hopsTable);
+    const rows = await this.#select<{ t: string; n: string }>('latest hop', hopsTable, `
+      SELECT toString(toUnixTimestamp64Nano(max(ts))) AS t, toString(count()) AS n
+      FROM ${table}
+      WHERE toDate(ts) >= yesterday() AND ts <= now64(9) + INTERVAL 10 SECOND`, {});
+    const r = rows[0];
+    return r && r.n !== '0' ? BigInt(r.t) : null;
+  }
+
+  /** The 'conn' hops captured at or after `sinceNs`, newest first, each hop_id once, at most `limit`. */
+  async recentConnHops(sinceNs: bigint, limit: number): Promise<Hop[]> {
+    const table = qualified(this.database, hopsTable);
+    const rows = await this.#select<HopRow>('recent hops', hopsTable, `
+      SELECT ${HOP_ROW_COLUMNS}
+      FROM ${table}
+      WHERE kind = 'conn' AND ts >= fromUnixTimestamp64Nano({since:Int64})
+      ORDER BY ts DESC
+      LIMIT 1 BY hop_id
+      LIMIT {limit:UInt32}`, { since: sinceNs.toString(), limit });
+    return rows.map(hopFromRow);
+  }
+
+  /**
+   * The stored record (its highest version) of each conn_id in `ids`, among rows at or after
+   * `sinceNs`.
+   */
+  async connectionsByIds(ids: ReadonlySet<bigint>, sinceNs: bigint): Promise<Map<bigint, ConnectionRecord>> {
+    const out = new Map<bigint, ConnectionRecord>();
+    if (ids.size === 0) return out;
+    const table = qualified(this.database, connectionsTable);
+    // The window's records, filtered here: the ids would not fit in a query's parameters.
+    const rows = await this.#select<ConnectionRow>('recent connections', connectionsTable, `
+      SELECT ${CONNECTION_ROW_COLUMNS}
+      FROM ${table}
+      WHERE ts >= fromUnixTimestamp64Nano({since:Int64})
+      ORDER BY conn_id, version DESC
+      LIMIT 1 BY conn_id`, { since: sinceNs.toString() });
+    for (const r of rows) {
+      const id = BigInt(r.id);
+      if (ids.has(id)) out.set(id, connectionFromRow(id, r));
+    }
+    return out;
+  }
+
   /** Waits for operations in progress, then releases the engine (embedded) or the sockets (server). */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#state = 'closed';
+    this.#wakeRetry?.();
+    await this.#connected.catch(() => undefined);
     await Promise.allSettled([...this.#inflight]);
     try {
-      await this.#client.close();
+      await this.#client?.close();
     } catch (err) {
       throw new StoreError(`close store (${this.#describeBackend()})`, { cause: err });
     }
@@ -460,9 +603,13 @@ export class ClickHouseStore {
     return this.#backend.kind === 'embedded' ? `data directory ${this.#backend.dataDir}` : `ClickHouse at ${this.#backend.url}`;
   }
 
-  /** Runs `op` unless closed, and lets close() wait for it. */
+  /** Runs `op` unless closed or not connected yet, and lets close() wait for it. */
   async #track<T>(what: string, op: () => Promise<T>): Promise<T> {
     if (this.#closed) throw new StoreError(`${what}: the store is closed`);
+    if (this.#state !== 'ready') {
+      const why = this.#lastError ? `: ${describeError(this.#lastError)}` : '';
+      throw new StoreUnavailableError(`${what}: ${this.#describeBackend()} is not reachable yet${why}`);
+    }
     const p = op();
     this.#inflight.add(p);
     try {
@@ -512,7 +659,7 @@ export class ClickHouseStore {
     const file = path.join(ingestDir, `${process.pid}-${++this.#fileSeq}.rowbinary`);
     await writeFile(file, bytes);
     try {
-      await this.#client.command({
+      await this.#client!.command({
         query: `INSERT INTO ${qualified(this.database, table)} ${columnList(table)} SELECT * FROM file({path:String}, 'RowBinary', {structure:String}) SETTINGS ${INSERT_SETTINGS_SQL}`,
         query_params: { path: file, structure: structureOf(table) },
       });
@@ -522,7 +669,7 @@ export class ClickHouseStore {
   }
 
   async #insertViaHttp(table: TableDef<never>, bytes: Buffer): Promise<void> {
-    const result = await this.#client.exec({
+    const result = await this.#client!.exec({
       query: `INSERT INTO ${qualified(this.database, table)} ${columnList(table)} FORMAT RowBinary`,
       values: Readable.from([bytes]),
       clickhouse_settings: INSERT_SETTINGS,
@@ -535,7 +682,7 @@ export class ClickHouseStore {
   async #select<T>(op: string, table: TableDef<never>, query: string, params: Record<string, unknown>): Promise<T[]> {
     return this.#track(`${op} on ${this.database}.${table.name}`, async () => {
       try {
-        const rs = await this.#client.query({ query, query_params: params, format: 'JSONEachRow' });
+        const rs = await this.#client!.query({ query, query_params: params, format: 'JSONEachRow' });
         return await rs.json<T>();
       } catch (err) {
         throw new StoreError(`${op}: query on ${this.database}.${table.name} failed (${this.#describeBackend()})`, { cause: err });
@@ -545,7 +692,7 @@ export class ClickHouseStore {
 
   async #command(what: string, query: string, params?: Record<string, unknown>): Promise<void> {
     try {
-      await this.#client.command(params === undefined ? { query } : { query, query_params: params });
+      await this.#client!.command(params === undefined ? { query } : { query, query_params: params });
     } catch (err) {
       throw new StoreError(`${what} failed (${this.#describeBackend()})`, { cause: err });
     }
@@ -570,7 +717,7 @@ export class ClickHouseStore {
       const have = columns.filter((c) => c.table === t.name).map((c) => `${c.name} ${c.type}`);
       const want = t.columns.map((c) => `${c.name} ${c.type}`);
       if (have.join(', ') !== want.join(', ')) {
-        throw new StoreError(
+        throw new StoreSchemaError(
           `open store: table ${db}.${t.name} (${this.#describeBackend()}) has columns [${have.join(', ')}], ` +
             `this natlens expects [${want.join(', ')}]: use another database or drop the table`,
         );
@@ -584,12 +731,89 @@ export class ClickHouseStore {
 
   async #metaSelect<T>(query: string): Promise<T[]> {
     try {
-      const rs = await this.#client.query({ query, query_params: { db: this.database }, format: 'JSONEachRow' });
+      const rs = await this.#client!.query({ query, query_params: { db: this.database }, format: 'JSONEachRow' });
       return await rs.json<T>();
     } catch (err) {
       throw new StoreError(`open store: reading the schema of ${this.database} failed (${this.#describeBackend()})`, { cause: err });
     }
   }
+}
+
+// --- rows read back into the collector's shapes (the columns are declared in schema.ts) ---------
+
+/** 16 bytes from hex(IPv6). */
+function addrFromHex(hex: string): Addr16 {
+  return Uint8Array.from(Buffer.from(hex, 'hex'));
+}
+
+interface HopRow {
+  id: string; node: string; kind: HopKind; proto: Proto; family: number; ts_ns: string;
+  os: string; osp: number; od: string; odp: number; rs: string; rsp: number; rd: string; rdp: number;
+  ct_status: number; isn: number | null; ifname: string; delivered_local: boolean | number;
+  po: string; bo: string; pr: string; br: string; proxy_version: number;
+}
+
+// Aliases never repeat a column name: ClickHouse would read the alias in WHERE.
+const HOP_ROW_COLUMNS = `toString(hop_id) AS id, node, kind, proto, family, toString(toUnixTimestamp64Nano(ts)) AS ts_ns,
+  hex(orig_src) AS os, orig_sport AS osp, hex(orig_dst) AS od, orig_dport AS odp,
+  hex(reply_src) AS rs, reply_sport AS rsp, hex(reply_dst) AS rd, reply_dport AS rdp,
+  ct_status, isn, ifname, delivered_local,
+  toString(packets_orig) AS po, toString(bytes_orig) AS bo, toString(packets_reply) AS pr, toString(bytes_reply) AS br, proxy_version`;
+
+function hopFromRow(r: HopRow): Hop {
+  // Only 'conn' hops are read back, and they always have a reply direction.
+  return {
+    id: BigInt(r.id), node: r.node, kind: r.kind, proto: r.proto, family: Number(r.family) === 6 ? 6 : 4, tsNs: BigInt(r.ts_ns),
+    orig: { src: addrFromHex(r.os), sport: Number(r.osp), dst: addrFromHex(r.od), dport: Number(r.odp) },
+    reply: { src: addrFromHex(r.rs), sport: Number(r.rsp), dst: addrFromHex(r.rd), dport: Number(r.rdp) },
+    ctStatus: Number(r.ct_status), isn: r.isn === null ? null : Number(r.isn), ifname: r.ifname, deliveredLocal: Boolean(r.delivered_local),
+    packetsOrig: Number(r.po), bytesOrig: Number(r.bo), packetsReply: Number(r.pr), bytesReply: Number(r.br), proxyVersion: Number(r.proxy_version),
+  };
+}
+
+interface ConnectionRow {
+  id: string; version: number; ts_ns: string; last_ts_ns: string; proto: Proto; family: number; endpoint_hex: string; endpoint_port: number;
+  service_hex: string; service_port: number; client_hex: string | null; client_port: number; seen_as_hex: string; seen_as_port: number;
+  ingress_node: string; endpoint_node: string; snat: boolean | number; status: StitchStatus; hop_nodes: string[]; isn: number | null;
+}
+
+const CONNECTION_ROW_COLUMNS = `toString(conn_id) AS id, version, toString(toUnixTimestamp64Nano(ts)) AS ts_ns, toString(toUnixTimestamp64Nano(last_ts)) AS last_ts_ns,
+  proto, family, hex(endpoint) AS endpoint_hex, endpoint_port, hex(service) AS service_hex, service_port, hex(client) AS client_hex, client_port,
+  hex(seen_as) AS seen_as_hex, seen_as_port, ingress_node, endpoint_node, snat, status, hop_nodes, isn`;
+
+function connectionFromRow(connId: bigint, r: ConnectionRow): ConnectionRecord {
+  return {
+    connId, version: Number(r.version), tsNs: BigInt(r.ts_ns), lastTsNs: BigInt(r.last_ts_ns), proto: r.proto, family: Number(r.family) === 6 ? 6 : 4,
+    endpoint: addrFromHex(r.endpoint_hex), endpointPort: Number(r.endpoint_port), service: addrFromHex(r.service_hex), servicePort: Number(r.service_port),
+    client: r.client_hex === null ? null : addrFromHex(r.client_hex), clientPort: Number(r.client_port), seenAs: addrFromHex(r.seen_as_hex), seenAsPort: Number(r.seen_as_port),
+    ingressNode: r.ingress_node, endpointNode: r.endpoint_node, snat: Boolean(r.snat), status: r.status, hopNodes: r.hop_nodes,
+    isn: r.isn === null ? null : Number(r.isn),
+  };
+}
+
+/** Validates options (usage errors, exit code 2) and names the backend they describe. */
+function checkOptions(opts: StoreOptions): { database: string; ttlDays: number; backend: Backend } {
+  const database = opts.database ?? DEFAULT_DATABASE;
+  const ttlDays = opts.ttlDays ?? DEFAULT_TTL_DAYS;
+  if ((opts.dataDir === undefined) === (opts.url === undefined)) {
+    throw new StoreError('open store: give exactly one of dataDir (embedded chdb) or url (ClickHouse server)', { exitCode: 2 });
+  }
+  if (!isValidDatabaseName(database)) {
+    throw new StoreError(`open store: invalid database name ${JSON.stringify(database)} (letters, digits and _ only)`, { exitCode: 2 });
+  }
+  if (!Number.isInteger(ttlDays) || ttlDays < 1 || ttlDays > 36500) {
+    throw new StoreError(`open store: ttlDays must be a whole number of days >= 1, got ${ttlDays}`, { exitCode: 2 });
+  }
+  if (opts.dataDir !== undefined) {
+    const dataDir = path.resolve(opts.dataDir);
+    return { database, ttlDays, backend: { kind: 'embedded', dataDir, ingestDir: path.join(dataDir, 'ingest') } };
+  }
+  try {
+    new URL(opts.url ?? '');
+  } catch (err) {
+    throw new StoreError(`open store: invalid ClickHouse URL ${redactUrl(opts.url ?? '')}`, { cause: err, exitCode: 2 });
+  }
+  return { database, ttlDays, backend: { kind: 'server', url: redactUrl(opts.url ?? '') } };
 }
 
 async function openEmbedded(dataDirOpt: string): Promise<Opened> {

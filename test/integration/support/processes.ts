@@ -84,10 +84,13 @@ export interface RunningCollector {
 /**
  * A collector on the embedded store in a fresh data directory, on a free loopback port; plain text
  * (--plaintext: the lab, loopback only) unless `extra` brings TLS flags (test/integration/tls.test.ts).
+ * `store.dataDir`: this (existing) data directory instead, kept on stop (a restart on the same
+ * data); null: no embedded store (`extra` names one, e.g. --clickhouse-url).
  */
-export async function startCollector(extra: string[] = [], listen = '127.0.0.1:0'): Promise<RunningCollector> {
-  const dataDir = mkdtempSync(join(tmpdir(), 'natlens-collector-'));
-  const p = natlens('collector', ['collector', '--listen', listen, '--data', dataDir, '--hold', '1s', ...labSecurity(extra), ...extra]);
+export async function startCollector(extra: string[] = [], listen = '127.0.0.1:0', store: { dataDir?: string | null } = {}): Promise<RunningCollector> {
+  const own = store.dataDir === undefined;
+  const dataDir = own ? mkdtempSync(join(tmpdir(), 'natlens-collector-')) : (store.dataDir ?? '');
+  const p = natlens('collector', ['collector', '--listen', listen, ...(dataDir ? ['--data', dataDir] : []), '--hold', '1s', ...labSecurity(extra), ...extra]);
   const listening = await p.waitStatus('listening', 60_000);
   return {
     process: p,
@@ -95,7 +98,7 @@ export async function startCollector(extra: string[] = [], listen = '127.0.0.1:0
     dataDir,
     async stop() {
       await p.stop();
-      rmSync(dataDir, { recursive: true, force: true });
+      if (own) rmSync(dataDir, { recursive: true, force: true });
     },
   };
 }
