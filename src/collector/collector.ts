@@ -262,6 +262,11 @@ export class Collector extends EventEmitter {
     return { ...base, ready: true, store: 'ready', reason: '' };
   }
 
+  /** Resolves once what was pending before a restart is back in the stitcher (or the collector closed). */
+  whenRestored(): Promise<void> {
+    return this.recovery;
+  }
+
   /** recover(), retried with backoff until it succeeds or the collector closes. */
   private async recoverWithRetry(): Promise<void> {
     for (let attempt = 0; !this.closed; attempt++) {

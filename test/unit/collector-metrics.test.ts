@@ -70,6 +70,7 @@ function setup() {
 const hello = (node: string, agentId: string): Hello => createHello({ protocolVersion: 1, node, agentId, version: 't' });
 /** accept() resolves once the batch is stored: flush the collector meanwhile. */
 async function deliver(s: ReturnType<typeof setup>, h: Hello, batch: EventBatch): Promise<void> {
+  await s.collector.whenRestored();
   const accepted = s.sink.accept({ hello: h, peer: 'test' }, batch);
   await s.collector.flush();
   await accepted;
@@ -141,6 +142,7 @@ describe('collector metrics', () => {
     const readiness = new Conditions();
     const pings = s.metrics.storeReadiness(readiness, s.collector, s.store as unknown as ClickHouseStore, 60_000);
     try {
+      await s.collector.whenRestored();
       await pings.ping();
       expect(readiness.unmet()).toEqual({});
       s.store.failing = new Error('connect ECONNREFUSED 127.0.0.1:8123');

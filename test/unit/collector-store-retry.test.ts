@@ -26,6 +26,7 @@ class FlakyStore {
   async insertConnections(): Promise<void> {}
   async insertServiceHistory(): Promise<void> {}
   async insertPodHistory(): Promise<void> {}
+  async insertCaptureGaps(): Promise<void> {}
   async insertLoss(s: LossSample[]): Promise<void> {
     this.lossCalls++;
     if (this.failing) throw new Error('disk full (test)');
