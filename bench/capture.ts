@@ -34,12 +34,13 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { execFileSync } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir, cpus, release } from 'node:os';
 import { join } from 'node:path';
 import { labAddPods, labAddService, labDown, labUp, readLabState, type LabState } from '../src/lab/lab.js';
 import { sysctl } from '../src/lab/exec.js';
 import { BPF_OBJECT, LOAD_BIN, PACKAGE_ROOT, PROBE_BIN } from '../src/util/paths.js';
+import { childPids, comm, readCpuTicks, readMachineTicks, readStatusKb, type MachineTicks } from './proc.js';
 
 // ---------------------------------------------------------------- settings
 
@@ -133,67 +134,7 @@ function killOwned(signal: NodeJS.Signals): void {
 
 // ---------------------------------------------------------------- /proc
 
-interface ProcSample {
-  ticks: number;
-  hwmKb: number;
-}
-
-function readTicks(pid: number): number | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // f[0] is field 3 (state): utime = field 14, stime = field 15.
-    return Number(f[11]) + Number(f[12]);
-  } catch {
-    return null;
-  }
-}
-
-function readHwmKb(pid: number): number {
-  try {
-    const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) : 0;
-  } catch {
-    return 0;
-  }
-}
-
-function children(pid: number): number[] {
-  const out = new Set<number>();
-  try {
-    for (const tid of readdirSync(`/proc/${pid}/task`)) {
-      try {
-        for (const c of readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim().split(/\s+/)) if (c) out.add(Number(c));
-      } catch {
-        /* thread gone */
-      }
-    }
-  } catch {
-    /* process gone */
-  }
-  return [...out];
-}
-
 /** Whole-machine CPU time from the "cpu" line of /proc/stat, in ticks (CLK_TCK). */
-interface SysTicks {
-  busy: number;
-  softirq: number;
-  total: number;
-}
-
-function readSysTicks(): SysTicks | null {
-  try {
-    const line = readFileSync('/proc/stat', 'utf8').split('\n').find((l) => l.startsWith('cpu '));
-    if (!line) return null;
-    // user nice system idle iowait irq softirq steal (guest time is already inside user/nice)
-    const f = line.trim().split(/\s+/).slice(1, 9).map(Number);
-    const total = f.reduce((s, x) => s + x, 0);
-    return { busy: total - (f[3] ?? 0) - (f[4] ?? 0), softirq: f[6] ?? 0, total };
-  } catch {
-    return null;
-  }
-}
-
 interface SysUse {
   /** busy share of all CPUs during the load (0..1). */
   busyShare: number;
@@ -203,7 +144,7 @@ interface SysUse {
   softirqUsPerConn: number;
 }
 
-function sysUse(a: SysTicks | null, b: SysTicks | null, connections: number): SysUse | undefined {
+function sysUse(a: MachineTicks | null, b: MachineTicks | null, connections: number): SysUse | undefined {
   if (!a || !b || b.total <= a.total) return undefined;
   const dt = b.total - a.total;
   const us = (ticks: number): number => (connections > 0 ? (ticks / CLK_TCK) * 1e6 / connections : 0);
@@ -213,14 +154,6 @@ function sysUse(a: SysTicks | null, b: SysTicks | null, connections: number): Sy
     usPerConn: us(b.busy - a.busy),
     softirqUsPerConn: us(b.softirq - a.softirq),
   };
-}
-
-function comm(pid: number): string {
-  try {
-    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-  } catch {
-    return '';
-  }
 }
 
 // ---------------------------------------------------------------- natlens-load client
@@ -371,15 +304,15 @@ function startAgent(node: LabState['nodes'][number], bench: { clientIp: string; 
 }
 
 function findProbe(a: AgentRun): number | null {
-  for (const c of children(a.pid)) if (comm(c) === 'natlens-probe') return c;
+  for (const c of childPids(a.pid)) if (comm(c) === 'natlens-probe') return c;
   return null;
 }
 
 function agentTicks(agents: AgentRun[]): number {
   let t = 0;
   for (const a of agents) {
-    t += readTicks(a.pid) ?? 0;
-    if (a.probePid) t += readTicks(a.probePid) ?? 0;
+    t += readCpuTicks(a.pid) ?? 0;
+    if (a.probePid) t += readCpuTicks(a.probePid) ?? 0;
   }
   return t;
 }
@@ -530,9 +463,9 @@ function readRecord(path: string): Map<number, number> {
 }
 
 async function roundWithout(n: number, state: LabState, targets: string[], recordPath: string | null): Promise<Round> {
-  const s0 = readSysTicks();
+  const s0 = readMachineTicks();
   const load = await runClient(state, targets, DURATION_S, recordPath);
-  const s1 = readSysTicks();
+  const s1 = readMachineTicks();
   return { n, mode: 'without', load, sys: sysUse(s0, s1, load.connections) };
 }
 
@@ -545,13 +478,13 @@ async function roundProbe(n: number, arm: 'kernel' | 'probe', state: LabState, t
     });
     await Promise.race([Promise.all(probes.map((p) => p.ready)), readyBound]);
     await sleep(300); // as for the agents: start-up CPU is not counted
-    const ticks = (): number => probes.reduce((s, p) => s + (readTicks(p.pid) ?? 0), 0);
+    const ticks = (): number => probes.reduce((s, p) => s + (readCpuTicks(p.pid) ?? 0), 0);
     const ticks0 = ticks();
-    const s0 = readSysTicks();
+    const s0 = readMachineTicks();
     const t0 = performance.now();
     const load = await runClient(state, targets, DURATION_S, recordPath);
     const t1 = performance.now();
-    const s1 = readSysTicks();
+    const s1 = readMachineTicks();
     const ticks1 = ticks();
     await sleep(PROBE_TAIL_MS);
     if (aborting) throw new Error(`aborted (${aborting})`);
@@ -589,20 +522,20 @@ async function roundWith(n: number, state: LabState, targets: string[], nodePort
     }
     await sleep(300); // let the agents settle after attach (their start-up CPU is not counted)
     const ingress = agents.find((a) => a.node === INGRESS_NODE) as AgentRun;
-    const before = agents.map((a) => ({ node: readTicks(a.pid) ?? 0, probe: a.probePid ? (readTicks(a.probePid) ?? 0) : 0 }));
+    const before = agents.map((a) => ({ node: readCpuTicks(a.pid) ?? 0, probe: a.probePid ? (readCpuTicks(a.probePid) ?? 0) : 0 }));
     for (const a of agents) {
       a.chunks = 0;
       a.bytes = 0;
     }
     const ticks0 = agentTicks(agents);
     const bench0 = process.cpuUsage();
-    const s0 = readSysTicks();
+    const s0 = readMachineTicks();
     const t0 = performance.now();
     const load = await runClient(state, targets, DURATION_S, recordPath);
     const t1 = performance.now();
-    const s1 = readSysTicks();
+    const s1 = readMachineTicks();
     const ticks1 = agentTicks(agents);
-    const mid = agents.map((a) => ({ node: readTicks(a.pid) ?? 0, probe: a.probePid ? (readTicks(a.probePid) ?? 0) : 0 }));
+    const mid = agents.map((a) => ({ node: readCpuTicks(a.pid) ?? 0, probe: a.probePid ? (readCpuTicks(a.probePid) ?? 0) : 0 }));
 
     // Drain: wait until node2's captured count stops rising (bounded).
     let last = ingress.captured;
@@ -621,10 +554,11 @@ async function roundWith(n: number, state: LabState, targets: string[], nodePort
     const benchCpu = process.cpuUsage(bench0);
     const t2 = performance.now();
     const perCpu = agents.map((a, i) => ({
-      node: ((readTicks(a.pid) ?? 0) - (before[i]?.node ?? 0)) / CLK_TCK,
-      probe: ((a.probePid ? (readTicks(a.probePid) ?? 0) : 0) - (before[i]?.probe ?? 0)) / CLK_TCK,
+      node: ((readCpuTicks(a.pid) ?? 0) - (before[i]?.node ?? 0)) / CLK_TCK,
+      probe: ((a.probePid ? (readCpuTicks(a.probePid) ?? 0) : 0) - (before[i]?.probe ?? 0)) / CLK_TCK,
     }));
-    const rss = agents.map((a) => (readHwmKb(a.pid) + (a.probePid ? readHwmKb(a.probePid) : 0)) / 1024);
+    const hwmKb = (pid: number): number => readStatusKb(pid, ['VmHWM'])?.VmHWM ?? 0;
+    const rss = agents.map((a) => (hwmKb(a.pid) + (a.probePid ? hwmKb(a.probePid) : 0)) / 1024);
 
     await stopAgents(agents);
 

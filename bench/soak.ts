@@ -40,7 +40,7 @@
 // Network safety: every packet stays inside the lab's namespaces; processes are killed by PID only.
 
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { createReadStream, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { createReadStream, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -53,6 +53,7 @@ import { parseDuration } from '../src/util/duration.js';
 import { NatlensError, UsageError, describeError } from '../src/util/errors.js';
 import { LOAD_BIN, PACKAGE_ROOT } from '../src/util/paths.js';
 import { compareMultisets, mean, round1, round3, trends, type ProcSample, type Sample } from './soak-verdict.js';
+import { childPids, comm, readCpuTicks, readMachineTicks, readStatusKb } from './proc.js';
 
 /**
  * Extra arguments for every natlens process that speaks gRPC here (collector, agent, who): plain
@@ -276,53 +277,9 @@ interface ProcReading {
 }
 
 function readProc(pid: number): ProcReading | null {
-  try {
-    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-    const kb = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+)\\s+kB`, 'm').exec(status)?.[1] ?? 0);
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // f[0] is field 3 (state): utime = field 14, stime = field 15.
-    return { rssKb: kb('VmRSS'), anonKb: kb('RssAnon'), ticks: Number(f[11]) + Number(f[12]) };
-  } catch {
-    return null;
-  }
-}
-
-function comm(pid: number): string {
-  try {
-    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-  } catch {
-    return '';
-  }
-}
-
-function childPids(pid: number): number[] {
-  const out = new Set<number>();
-  try {
-    for (const tid of readdirSync(`/proc/${pid}/task`)) {
-      try {
-        for (const c of readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim().split(/\s+/)) if (c) out.add(Number(c));
-      } catch {
-        /* thread gone */
-      }
-    }
-  } catch {
-    /* process gone */
-  }
-  return [...out];
-}
-
-/** Busy and total ticks of all CPUs (/proc/stat "cpu" line). */
-function readMachine(): { busy: number; total: number } | null {
-  try {
-    const line = readFileSync('/proc/stat', 'utf8').split('\n').find((l) => l.startsWith('cpu '));
-    if (!line) return null;
-    const f = line.trim().split(/\s+/).slice(1, 9).map(Number);
-    const total = f.reduce((s, x) => s + x, 0);
-    return { busy: total - (f[3] ?? 0) - (f[4] ?? 0), total };
-  } catch {
-    return null;
-  }
+  const kb = readStatusKb(pid, ['VmRSS', 'RssAnon']);
+  const ticks = readCpuTicks(pid);
+  return kb && ticks !== null ? { rssKb: kb.VmRSS, anonKb: kb.RssAnon, ticks } : null;
 }
 
 // ---------------------------------------------------------------- the load client
@@ -419,7 +376,7 @@ class Sampler {
   private lastMade = 0;
   private lastMadeAtS = 0;
   private lastRate = 0;
-  private lastMachine = readMachine();
+  private lastMachine = readMachineTicks();
   private phase: 'load' | 'drain' = 'load';
 
   constructor(private readonly t0: number, private readonly collector: NatlensProc, private readonly agents: AgentRun[], private readonly client: LoadClient) {}
@@ -440,7 +397,7 @@ class Sampler {
   take(): Sample {
     const t = (performance.now() - this.t0) / 1000;
     const dt = t - this.lastT;
-    const m = readMachine();
+    const m = readMachineTicks();
     const busy = m && this.lastMachine && m.total > this.lastMachine.total ? (m.busy - this.lastMachine.busy) / (m.total - this.lastMachine.total) : 0;
     this.lastMachine = m;
     // Between two progress lines of the client the last rate stands.

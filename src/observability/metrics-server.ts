@@ -4,7 +4,8 @@
  * readiness condition met; else 503 naming each unmet one). GET and HEAD only, small headers,
  * short timeouts, a bounded number of connections: it is scraped, never browsed.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { createLimitedHttpServer, type HttpLimits } from '../util/http-limits.js';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import { NatlensError, describeError } from '../util/errors.js';
@@ -65,13 +66,13 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
-const LIMITS = {
-  maxHeaderSize: 8 * 1024,
+/** Tighter than the HTTP defaults: scrapers and probes send small GETs, a few at a time. */
+const LIMITS: Partial<HttpLimits> = {
+  maxHeaderBytes: 8 * 1024,
   headersTimeoutMs: 5_000,
   requestTimeoutMs: 10_000,
   keepAliveTimeoutMs: 5_000,
   maxConnections: 32,
-  maxRequestsPerSocket: 100,
 };
 
 const HEARTBEAT_MS = 1_000;
@@ -141,26 +142,17 @@ export async function startMetricsServer(opts: MetricsServerOptions): Promise<Me
     send(res, ready ? 200 : 503, 'application/json', json({ ready, unmet }), head);
   }
 
-  const server: Server = createServer({ maxHeaderSize: LIMITS.maxHeaderSize, requestTimeout: LIMITS.requestTimeoutMs }, (req, res) => {
+  const server: Server = createLimitedHttpServer((req, res) => {
     handle(req, res).catch((err: unknown) => {
       if (!res.headersSent) send(res, 500, 'text/plain; charset=utf-8', `internal error: ${describeError(err)}\n`, false);
       else res.destroy();
     });
-  });
-  server.headersTimeout = LIMITS.headersTimeoutMs;
-  server.keepAliveTimeout = LIMITS.keepAliveTimeoutMs;
-  server.maxConnections = LIMITS.maxConnections;
-  server.maxRequestsPerSocket = LIMITS.maxRequestsPerSocket;
+  }, LIMITS);
+  server.maxRequestsPerSocket = 100;
   const sockets = new Set<Socket>();
   server.on('connection', (s: Socket) => {
     sockets.add(s);
     s.on('close', () => sockets.delete(s));
-  });
-  // Malformed requests (oversized headers, bad syntax): answer 4xx and close, never crash.
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
-    if (!socket.writable) return socket.destroy();
-    const code = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
-    socket.end(`HTTP/1.1 ${code} ${code === 431 ? 'Request Header Fields Too Large' : code === 408 ? 'Request Timeout' : 'Bad Request'}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
   });
 
   await new Promise<void>((resolve, reject) => {
